@@ -1,0 +1,48 @@
+# Shared settings and helpers for the project's scripts (sourced, not run).
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG="${PG_BIN}/pg_config"
+VENV="${ROOT}/.venv"
+export PATH="${HOME}/.cargo/bin:${PATH}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# A PostgreSQL 15 cluster owned by `postgres` (initdb refuses root), listening on 127.0.0.1 and
+# on a socket inside its own directory, with eventstore preloaded.
+# usage: cluster_start DIR PORT [extra postgresql.conf lines...]
+cluster_start() {
+  local dir=$1 port=$2; shift 2
+  mkdir -p "$dir"
+  # postgres must be able to reach the directory; grant traversal (not listing) on the way
+  local d=$dir
+  while [ "$d" != / ]; do d=$(dirname "$d"); runuser -u postgres -- test -x "$d" 2>/dev/null || chmod o+x "$d"; done
+  chown postgres:postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    {
+      echo "port = $port"
+      echo "listen_addresses = '127.0.0.1'"
+      echo "unix_socket_directories = '$dir'"
+      echo "shared_preload_libraries = 'eventstore'"
+      echo "max_connections = 200"
+      echo "max_prepared_transactions = 10"
+      echo "logging_collector = off"
+      for line in "$@"; do echo "$line"; done
+    } >> "$dir/data/postgresql.conf"
+  fi
+  cluster_stop "$dir"
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
+cluster_stop() {
+  local dir=$1
+  if [ -f "$dir/data/postmaster.pid" ]; then
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+  fi
+}
+
+# Builds and installs the extension into Debian's PostgreSQL 15 (release profile).
+install_extension() {
+  log "building and installing eventstore (release)"
+  (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+}

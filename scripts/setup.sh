@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian 12 machine. Idempotent: skips what is there.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+PGRX_VERSION=0.18.1
+need_pkgs=()
+for p in postgresql-15 postgresql-server-dev-15 postgresql-contrib clang libclang-dev sudo pkg-config libssl-dev python3-venv; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
+  log "installing cargo-pgrx ${PGRX_VERSION}"
+  cargo install cargo-pgrx --version "=${PGRX_VERSION}" --locked --quiet
+fi
+
+if ! grep -qs "^pg15 *= *\"${PG_CONFIG}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  log "cargo pgrx init --pg15=${PG_CONFIG}"
+  cargo pgrx init --pg15="${PG_CONFIG}" >/dev/null
+fi
+
+# Python for the client tests (psycopg, pytest) in a project-local virtualenv.
+if [ ! -x "${VENV}/bin/pytest" ] || ! "${VENV}/bin/python" -c 'import psycopg, pytest' 2>/dev/null; then
+  log "creating python virtualenv in ${VENV}"
+  python3 -m venv "${VENV}"
+  "${VENV}/bin/pip" install -q --disable-pip-version-check -r "${ROOT}/tests/client/requirements.txt"
+fi
+log "setup complete"

@@ -1,0 +1,74 @@
+-- eventstore: row-level security, policies and privileges (design.md §2). Loaded last.
+
+-- Every table that holds user data: RLS enabled and forced, rows visible to their tenant only.
+-- Writes go through the SECURITY DEFINER functions, which filter by tenant themselves.
+ALTER TABLE eventstore.streams ENABLE ROW LEVEL SECURITY;
+ALTER TABLE eventstore.streams FORCE ROW LEVEL SECURITY;
+CREATE POLICY streams_tenant_select ON eventstore.streams
+    FOR SELECT USING (tenant_id = (SELECT eventstore.current_tenant()));
+
+ALTER TABLE eventstore.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE eventstore.events FORCE ROW LEVEL SECURITY;
+CREATE POLICY events_tenant_select ON eventstore.events
+    FOR SELECT USING (tenant_id = (SELECT eventstore.current_tenant()));
+
+-- Which functions each access level may execute; each level includes the ones below it.
+CREATE FUNCTION eventstore._access_functions(access text) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE access
+        WHEN 'reader' THEN ARRAY[
+            'current_tenant', 'read_stream', 'stream_version', 'read_all', 'feed_lag',
+            'get_event_store_stats']
+        WHEN 'writer' THEN ARRAY[
+            'append_event', 'append_events']
+        WHEN 'admin' THEN ARRAY[
+            'delete_stream', 'grant_access']
+    END
+$$;
+
+CREATE FUNCTION eventstore.grant_access(role name, access text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    levels text[];
+    fn regprocedure;
+    tbl regclass;
+BEGIN
+    levels := CASE access
+        WHEN 'reader' THEN ARRAY['reader']
+        WHEN 'writer' THEN ARRAY['reader', 'writer']
+        WHEN 'admin'  THEN ARRAY['reader', 'writer', 'admin']
+    END;
+    IF levels IS NULL THEN
+        RAISE EXCEPTION 'invalid access level %', coalesce(quote_literal(access), 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use ''reader'', ''writer'' or ''admin''.';
+    END IF;
+    IF role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role) THEN
+        RAISE EXCEPTION 'role % does not exist', coalesce(quote_ident(role), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+
+    EXECUTE format('GRANT USAGE ON SCHEMA eventstore TO %I', role);
+    -- direct reads of every tenant-scoped table, under its RLS policies
+    FOR tbl IN
+        SELECT c.oid::regclass FROM pg_class c
+        WHERE c.relnamespace = 'eventstore'::regnamespace AND c.relkind IN ('r', 'p')
+          AND c.relrowsecurity
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %I', tbl, role);
+    END LOOP;
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'eventstore'::regnamespace
+          AND p.proname = ANY (
+              SELECT unnest(eventstore._access_functions(l)) FROM unnest(levels) AS l)
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION eventstore.grant_access(name, text) IS
+    'Grant a role reader, writer or admin access to eventstore in one call.';
+
+-- Secure by default: nothing but current_tenant() (used by the RLS policies) is PUBLIC.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstore.current_tenant() TO PUBLIC;

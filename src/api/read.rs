@@ -1,0 +1,54 @@
+//! read_stream, stream_version, read_all (design.md §3.3).
+
+use pgrx::prelude::*;
+
+use crate::error::Error;
+use pgrx::pg_sys::panic::ErrorReport;
+use crate::feed::Cursor;
+use crate::{input, store, tenant};
+
+/// A stream's events in version order, from `from_version` on.
+#[pg_extern(stable, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn read_stream(
+    aggregate_type: Option<&str>,
+    aggregate_id: Option<&str>,
+    from_version: default!(Option<i64>, 1),
+    max_count: default!(Option<i32>, 1000),
+) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "eventstore.event")>, ErrorReport> {
+    let stream = super::stream(aggregate_type, aggregate_id)?;
+    let from_version = match from_version {
+        Some(v) if v >= 1 => v,
+        other => {
+            return Err(Error::invalid("from_version must be 1 or more")
+                .detail(format!("from_version is {}", other.map_or("null".into(), |v| v.to_string())))
+                .into());
+        }
+    };
+    let max_count = input::max_count(max_count)?;
+    Ok(SetOfIterator::new(store::read::read_stream(&stream, from_version, max_count)?))
+}
+
+/// The stream's current version; 0 when it does not exist or is deleted.
+#[pg_extern(stable, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn stream_version(aggregate_type: Option<&str>, aggregate_id: Option<&str>) -> Result<i64, ErrorReport> {
+    let stream = super::stream(aggregate_type, aggregate_id)?;
+    Ok(store::read::stream_version(&stream)?)
+}
+
+/// The global feed after a cursor: every committed event exactly once, in an order that never
+/// changes, for readers that pass the cursor of the last row they got.
+#[pg_extern(stable, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn read_all(
+    after: default!(Option<&str>, "NULL"),
+    max_count: default!(Option<i32>, 1000),
+    event_types: default!(Option<Vec<String>>, "NULL"),
+    aggregate_types: default!(Option<Vec<String>>, "NULL"),
+) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "eventstore.feed_event")>, ErrorReport> {
+    let after = Cursor::after(after)?;
+    let max_count = input::max_count(max_count)?;
+    let tenant = tenant::current()?;
+    Ok(SetOfIterator::new(store::read::read_all(&tenant, after, max_count, event_types, aggregate_types)?))
+}

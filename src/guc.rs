@@ -1,0 +1,73 @@
+//! Every setting of the extension, in one place. The `eventstore.` prefix is reserved, so a typo
+//! in a setting name is an error rather than silence.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// `eventstore.tenant_id`: the tenant of this session or transaction (`SET LOCAL` works behind
+/// a transaction-pooling pooler). Empty means: look at the JWT claims.
+pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `eventstore.tenant_claim`: the claim inside PostgREST's `request.jwt.claims` that names the
+/// tenant; a dotted path such as `app_metadata.org_id` is followed.
+pub static TENANT_CLAIM: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"tenant_id"));
+
+/// `eventstore.require_tenant`: when on, a call without a tenant fails (42501) instead of
+/// using the tenant `default`.
+pub static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"eventstore.tenant_id",
+        c"Tenant of the current session or transaction.",
+        c"When empty, the tenant comes from the JWT claim named by eventstore.tenant_claim.",
+        &TENANT_ID,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"eventstore.tenant_claim",
+        c"JWT claim (dotted path) in request.jwt.claims that names the tenant.",
+        c"Read when eventstore.tenant_id is empty; PostgREST sets request.jwt.claims.",
+        &TENANT_CLAIM,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"eventstore.require_tenant",
+        c"Refuse calls that carry no tenant instead of using the tenant 'default'.",
+        c"",
+        &REQUIRE_TENANT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    reserve_prefix(c"eventstore");
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+fn reserve_prefix(prefix: &CStr) {
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(prefix.as_ptr()) }
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+fn reserve_prefix(prefix: &CStr) {
+    unsafe { pgrx::pg_sys::EmitWarningsOnPlaceholders(prefix.as_ptr()) }
+}
+
+/// A string setting as text; `None` when unset or empty.
+pub fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty())
+}
+
+/// Any setting by name, including placeholders that other software defines (PostgREST's
+/// `request.*`); `None` when unset or empty.
+pub fn by_name(name: &CStr) -> Option<String> {
+    let value = unsafe { pgrx::pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    let value = unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned();
+    (!value.is_empty()).then_some(value)
+}

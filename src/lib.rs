@@ -1,0 +1,38 @@
+//! eventstore: event sourcing and API versioning inside PostgreSQL.
+//!
+//! A table of contents: the SQL surface is in `api`, statements and plans in `store`, pure
+//! logic beside them, DDL in `sql/`.
+
+use pgrx::prelude::*;
+
+mod api;
+mod error;
+mod feed;
+mod guc;
+mod input;
+mod store;
+mod tenant;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+// Tables, types, indexes and triggers first; RLS, policies and grants once every function exists.
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/security.sql", name = "security", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+/// Hooks for `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'eventstore'"]
+    }
+}

@@ -1,0 +1,113 @@
+//! Statistics, feed lag and stream deletion.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use super::Stream;
+use super::plans::{Statement, run};
+use crate::error::{Error, Kind, Result};
+
+static STATS: Statement = Statement {
+    sql: "WITH e AS (SELECT * FROM eventstore.events WHERE tenant_id = $1),
+               s AS (SELECT * FROM eventstore.streams WHERE tenant_id = $1)
+          SELECT jsonb_build_object(
+            'tenant_id', $1,
+            'total_events', (SELECT count(*) FROM e),
+            'total_streams', (SELECT count(*) FROM s WHERE s.deleted_at IS NULL),
+            'deleted_streams', (SELECT count(*) FROM s WHERE s.deleted_at IS NOT NULL),
+            'event_types', (SELECT count(DISTINCT event_type) FROM e),
+            'aggregate_types', (SELECT count(DISTINCT aggregate_type) FROM s),
+            'events_by_type', coalesce((SELECT jsonb_object_agg(event_type, n)
+                 FROM (SELECT event_type, count(*) AS n FROM e GROUP BY event_type) t), '{}'),
+            'events_by_aggregate_type', coalesce((SELECT jsonb_object_agg(aggregate_type, n)
+                 FROM (SELECT aggregate_type, count(*) AS n FROM e GROUP BY aggregate_type) t), '{}'),
+            'redacted_events', (SELECT count(*) FROM e WHERE e.redacted_at IS NOT NULL),
+            'first_recorded_at', (SELECT min(recorded_at) FROM e),
+            'last_recorded_at', (SELECT max(recorded_at) FROM e))",
+    args: &[TEXTOID],
+    volatile: false,
+};
+
+/// How far the feed is held back, and by whom: the oldest running transaction with an xid
+/// (in any database: transaction ids are cluster-wide) bounds what read_all may return.
+static FEED_LAG: Statement = Statement {
+    sql: "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon),
+               held AS (SELECT count(*) AS n, min(e.recorded_at) AS oldest
+                        FROM eventstore.events e, h
+                        WHERE e.tenant_id = $1 AND e.transaction_id >= h.horizon)
+          SELECT jsonb_build_object(
+            'horizon_xid', h.horizon::text,
+            'held_back_events', held.n,
+            'oldest_held_back_at', held.oldest,
+            'lag_seconds', coalesce(extract(epoch FROM clock_timestamp() - held.oldest), 0),
+            'blocking_backend', (
+                SELECT jsonb_build_object('pid', a.pid, 'database', a.datname, 'user', a.usename,
+                         'application_name', a.application_name, 'state', a.state,
+                         'xact_start', a.xact_start,
+                         'xact_seconds', extract(epoch FROM clock_timestamp() - a.xact_start),
+                         'wait_event', a.wait_event)
+                FROM pg_stat_activity a WHERE a.backend_xid = xid(h.horizon) LIMIT 1),
+            'blocking_prepared_transaction', (
+                SELECT jsonb_build_object('gid', p.gid, 'prepared', p.prepared, 'owner', p.owner,
+                         'database', p.database)
+                FROM pg_prepared_xacts p WHERE p.transaction = xid(h.horizon) LIMIT 1))
+          FROM h, held",
+    args: &[TEXTOID],
+    volatile: true,
+};
+
+static SOFT_DELETE: Statement = Statement {
+    sql: "UPDATE eventstore.streams AS s
+             SET deleted_at = statement_timestamp(), updated_at = statement_timestamp(),
+                 hidden_through = s.version
+           WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
+             AND s.deleted_at IS NULL
+          RETURNING s.version",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+/// A tombstone, also for a stream that never existed: nothing may be appended to it again.
+static HARD_DELETE: Statement = Statement {
+    sql: "INSERT INTO eventstore.streams AS s (tenant_id, aggregate_type, aggregate_id, version,
+              deleted_at, hard_deleted)
+          VALUES ($1, $2, $3, 0, statement_timestamp(), true)
+          ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE
+             SET hard_deleted = true, updated_at = statement_timestamp(),
+                 deleted_at = coalesce(s.deleted_at, statement_timestamp()),
+                 hidden_through = s.version
+           WHERE NOT s.hard_deleted
+          RETURNING s.version",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+fn one_jsonb(stmt: &'static Statement, tenant: &str) -> Result<JsonB> {
+    Spi::connect(|client| {
+        let table = run(client, stmt, &[tenant.into()])?;
+        table.first().get_one::<JsonB>()?.ok_or_else(|| Error::new(Kind::Internal, "statistics query returned nothing"))
+    })
+}
+
+pub fn stats(tenant: &str) -> Result<JsonB> {
+    one_jsonb(&STATS, tenant)
+}
+
+pub fn feed_lag(tenant: &str) -> Result<JsonB> {
+    one_jsonb(&FEED_LAG, tenant)
+}
+
+/// Deletes a stream; true when something changed (false: absent, or deleted already).
+pub fn delete_stream(stream: &Stream, hard: bool) -> Result<bool> {
+    Spi::connect(|client| {
+        let args: [DatumWithOid<'_>; 3] = [
+            stream.tenant.as_str().into(),
+            stream.aggregate_type.as_str().into(),
+            stream.aggregate_id.as_str().into(),
+        ];
+        let table = run(client, if hard { &HARD_DELETE } else { &SOFT_DELETE }, &args)?;
+        Ok(!table.is_empty())
+    })
+}

@@ -1,0 +1,50 @@
+//! Hot statements are prepared once per backend and kept (SPI_keepplan); PostgreSQL's plan
+//! cache revalidates them after DDL.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::PgOid;
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid as PgBuiltInOids;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+
+use crate::error::Result;
+
+/// One statement of the store: its text, parameter types, and whether it is volatile (writes,
+/// locks, or must see what committed while it waited): those run with a fresh snapshot, the
+/// others with the caller's.
+pub struct Statement {
+    pub sql: &'static str,
+    pub args: &'static [PgBuiltInOids],
+    pub volatile: bool,
+}
+
+thread_local! {
+    static KEPT: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+fn kept(client: &SpiClient<'_>, stmt: &'static Statement) -> Result<Rc<OwnedPreparedStatement>> {
+    // a statement is a `static`, so its address names it
+    let key = stmt as *const Statement as usize;
+    if let Some(plan) = KEPT.with(|k| k.borrow().get(&key).cloned()) {
+        return Ok(plan);
+    }
+    let args: Vec<PgOid> = stmt.args.iter().map(|oid| PgOid::BuiltIn(*oid)).collect();
+    let plan = if stmt.volatile { client.prepare_mut(stmt.sql, &args)? } else { client.prepare(stmt.sql, &args)? };
+    let plan = Rc::new(plan.keep());
+    KEPT.with(|k| k.borrow_mut().insert(key, plan.clone()));
+    Ok(plan)
+}
+
+/// Runs a kept statement. `SpiClient::update` is not used: it assigns a transaction id up
+/// front, which would make every reader hold back the feed.
+pub fn run<'conn>(
+    client: &SpiClient<'conn>,
+    stmt: &'static Statement,
+    args: &[DatumWithOid<'_>],
+) -> Result<SpiTupleTable<'conn>> {
+    let plan = kept(client, stmt)?;
+    Ok(client.select(&*plan, None, args)?)
+}

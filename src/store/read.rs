@@ -1,0 +1,112 @@
+//! Reading streams and the global feed.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+
+use super::plans::{Statement, run};
+use super::{Row, Stream};
+use crate::error::{Error, Kind, Result};
+use crate::feed::Cursor;
+
+/// A live stream's events from a version on; a soft-deleted stream's hidden versions stay hidden.
+static READ_STREAM: Statement = Statement {
+    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
+                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
+                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
+                     e.transaction_id, e.redacted_at)::eventstore.event
+          FROM eventstore.streams s
+          JOIN eventstore.events e
+            ON e.tenant_id = s.tenant_id AND e.aggregate_type = s.aggregate_type
+           AND e.aggregate_id = s.aggregate_id
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
+            AND s.deleted_at IS NULL
+            AND e.aggregate_version >= greatest($4, s.hidden_through + 1)
+          ORDER BY e.aggregate_version
+          LIMIT $5",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID],
+    volatile: false,
+};
+
+static STREAM_VERSION: Statement = Statement {
+    sql: "SELECT s.version FROM eventstore.streams s
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
+            AND s.deleted_at IS NULL",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: false,
+};
+
+/// The feed: only transactions below the snapshot's xmin are final, so only their events are
+/// returned, in (transaction id, position) order, which never changes once returned.
+static READ_ALL: Statement = Statement {
+    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
+                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
+                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
+                     e.transaction_id, e.redacted_at,
+                     lpad(to_hex(e.transaction_id::text::bigint), 16, '0') || '-'
+                       || lpad(to_hex(e.global_position), 16, '0'))::eventstore.feed_event
+          FROM eventstore.events e
+          WHERE e.tenant_id = $1
+            AND (e.transaction_id, e.global_position) > ($2::text::xid8, $3)
+            AND e.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+            AND ($4::text[] IS NULL OR e.event_type = ANY ($4))
+            AND ($5::text[] IS NULL OR e.aggregate_type = ANY ($5))
+          ORDER BY e.transaction_id, e.global_position
+          LIMIT $6",
+    args: &[TEXTOID, TEXTOID, INT8OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID],
+    volatile: false,
+};
+
+fn rows(table: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<Row>> {
+    let mut out = Vec::with_capacity(table.len());
+    for row in table {
+        out.push(row.get::<Row>(1)?.ok_or_else(|| Error::new(Kind::Internal, "read returned a null row"))?);
+    }
+    Ok(out)
+}
+
+pub fn read_stream(stream: &Stream, from_version: i64, max_count: i32) -> Result<Vec<Row>> {
+    Spi::connect(|client| {
+        let args: [DatumWithOid<'_>; 5] = [
+            stream.tenant.as_str().into(),
+            stream.aggregate_type.as_str().into(),
+            stream.aggregate_id.as_str().into(),
+            from_version.into(),
+            max_count.into(),
+        ];
+        rows(run(client, &READ_STREAM, &args)?)
+    })
+}
+
+/// The stream's version; 0 when it does not exist or is deleted.
+pub fn stream_version(stream: &Stream) -> Result<i64> {
+    Spi::connect(|client| {
+        let args: [DatumWithOid<'_>; 3] = [
+            stream.tenant.as_str().into(),
+            stream.aggregate_type.as_str().into(),
+            stream.aggregate_id.as_str().into(),
+        ];
+        let table = run(client, &STREAM_VERSION, &args)?;
+        Ok(if table.is_empty() { 0 } else { table.first().get_one::<i64>()?.unwrap_or(0) })
+    })
+}
+
+pub fn read_all(
+    tenant: &str,
+    after: Cursor,
+    max_count: i32,
+    event_types: Option<Vec<String>>,
+    aggregate_types: Option<Vec<String>>,
+) -> Result<Vec<Row>> {
+    Spi::connect(|client| {
+        let args: [DatumWithOid<'_>; 6] = [
+            tenant.into(),
+            after.transaction_id.to_string().into(),
+            after.position.into(),
+            event_types.into(),
+            aggregate_types.into(),
+            max_count.into(),
+        ];
+        rows(run(client, &READ_ALL, &args)?)
+    })
+}
