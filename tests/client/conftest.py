@@ -3,27 +3,48 @@
 Environment: EVENTSTORE_TEST_HOST, EVENTSTORE_TEST_PORT (the cluster), EVENTSTORE_TEST_CLUSTER
 (its directory, for tests that need its log or must restart it). Each test module gets a fresh
 database with the extension installed, dropped afterwards.
+
+Shared helpers live here: connections (with a tenant and settings), thin wrappers around the
+SQL functions, an error assertion, and threads that always end in bounded time.
 """
 
 import os
+import threading
+import time
 import uuid
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 HOST = os.environ.get("EVENTSTORE_TEST_HOST", "127.0.0.1")
 PORT = int(os.environ.get("EVENTSTORE_TEST_PORT", "5441"))
 CLUSTER = os.environ.get("EVENTSTORE_TEST_CLUSTER")
 
+# Safety net: no statement of the client tests may run longer than this (ms).
+DEFAULT_STATEMENT_TIMEOUT_MS = 60_000
+# Longest a helper thread may run before the test fails (s).
+THREAD_TIMEOUT = 60
 
-def dsn(dbname, user="postgres", **options):
-    parts = [f"host={HOST}", f"port={PORT}", f"dbname={dbname}", f"user={user}"]
-    parts += [f"{k}={v}" for k, v in options.items()]
-    return " ".join(parts)
+
+def dsn(dbname, user="postgres", settings=None, **options):
+    """A conninfo string; `settings` are server settings (GUCs) applied at connection start."""
+    params = dict(host=HOST, port=PORT, dbname=dbname, user=user, connect_timeout=10)
+    params.update(options)
+    if settings:
+        params["options"] = " ".join(f"-c {k}={v}" for k, v in settings.items())
+    return make_conninfo(**params)
 
 
 def admin_connect(dbname="postgres"):
     return psycopg.connect(dsn(dbname), autocommit=True)
+
+
+def unique(prefix):
+    """A name no earlier run used: tenants, streams, roles."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +63,178 @@ def database():
 @pytest.fixture
 def connect(database):
     """Opens connections to the test database (superuser unless user= is given); all are
-    closed after the test."""
-    opened = []
+    closed after the test. Rows come back as dicts.
 
-    def _connect(user="postgres", autocommit=True, **options):
-        conn = psycopg.connect(dsn(database, user=user, **options), autocommit=autocommit)
-        opened.append(conn)
+    tenant=   sets eventstore.tenant_id for the session
+    settings= other server settings for the session, e.g. {"lock_timeout": "2s"}
+    **options further libpq connection parameters
+    """
+    opened = []
+    lock = threading.Lock()
+
+    def _connect(user="postgres", autocommit=True, tenant=None, settings=None, **options):
+        gucs = {"statement_timeout": DEFAULT_STATEMENT_TIMEOUT_MS}
+        if tenant is not None:
+            gucs["eventstore.tenant_id"] = tenant
+        gucs.update(settings or {})
+        conn = psycopg.connect(
+            dsn(database, user=user, settings=gucs, **options),
+            autocommit=autocommit,
+            row_factory=dict_row,
+        )
+        with lock:
+            opened.append(conn)
         return conn
 
     yield _connect
     for conn in opened:
         conn.close()
+
+
+@pytest.fixture
+def tenant():
+    """A tenant of its own for one test, so that its rows and feed are its alone."""
+    return unique("t")
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def expect_error(sqlstate, conn, sql, params=None):
+    """Runs `sql`, which must fail with `sqlstate`; returns the exception (see .diag)."""
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, params)
+    err = info.value
+    assert err.sqlstate == sqlstate, f"expected SQLSTATE {sqlstate}, got {err.sqlstate}: {err}"
+    return err
+
+
+# --- the SQL functions ---------------------------------------------------------------------
+
+
+def append(conn, aggregate_type, aggregate_id, event_type="Happened", payload=None,
+           metadata=None, expected_version=None, event_id=None):
+    """eventstore.append_event; returns the appended row as a dict."""
+    return conn.execute(
+        "SELECT * FROM eventstore.append_event(%s, %s, %s, %s, metadata => %s,"
+        " expected_version => %s::bigint, event_id => %s::uuid)",
+        (aggregate_type, aggregate_id, event_type, Jsonb({} if payload is None else payload),
+         Jsonb(metadata if metadata is not None else {}), expected_version, event_id),
+    ).fetchone()
+
+
+def append_events(conn, aggregate_type, aggregate_id, events, expected_version=None):
+    """eventstore.append_events; returns the appended rows as dicts."""
+    return conn.execute(
+        "SELECT * FROM eventstore.append_events(%s, %s, %s, expected_version => %s::bigint)",
+        (aggregate_type, aggregate_id, Jsonb(events), expected_version),
+    ).fetchall()
+
+
+def new_events(n, event_type="Happened", with_ids=False, **extra):
+    """A batch of `n` events for append_events."""
+    out = []
+    for i in range(n):
+        ev = {"event_type": event_type, "payload": {"i": i}, **extra}
+        if with_ids:
+            ev["event_id"] = str(uuid.uuid4())
+        out.append(ev)
+    return out
+
+
+def read_stream(conn, aggregate_type, aggregate_id, from_version=1, max_count=1000):
+    return conn.execute(
+        "SELECT * FROM eventstore.read_stream(%s, %s, %s::bigint, %s::int)",
+        (aggregate_type, aggregate_id, from_version, max_count),
+    ).fetchall()
+
+
+def stream_version(conn, aggregate_type, aggregate_id):
+    return conn.execute(
+        "SELECT eventstore.stream_version(%s, %s) AS v", (aggregate_type, aggregate_id)
+    ).fetchone()["v"]
+
+
+def read_all(conn, after=None, max_count=1000, event_types=None, aggregate_types=None):
+    return conn.execute(
+        "SELECT * FROM eventstore.read_all(%s::text, %s::int, %s::text[], %s::text[])",
+        (after, max_count, event_types, aggregate_types),
+    ).fetchall()
+
+
+def follow(conn, after=None, batch=1000, **filters):
+    """Reads the feed from `after` until it returns nothing; returns (rows, last cursor)."""
+    rows = []
+    while True:
+        got = read_all(conn, after, batch, **filters)
+        if not got:
+            return rows, after
+        rows += got
+        after = got[-1]["cursor"]
+
+
+def feed_lag(conn):
+    return conn.execute("SELECT eventstore.feed_lag() AS lag").fetchone()["lag"]
+
+
+def stats(conn):
+    return conn.execute("SELECT eventstore.get_event_store_stats() AS s").fetchone()["s"]
+
+
+def backend_pid(conn):
+    return conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+
+
+# --- threads and waiting -------------------------------------------------------------------
+
+
+class Worker(threading.Thread):
+    """Runs fn() in a thread and keeps its result or exception; join_result() re-raises."""
+
+    def __init__(self, fn, *args, **kwargs):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.result = None
+        self.error = None
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args, **self.kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            self.error = e
+
+    def join_result(self, timeout=THREAD_TIMEOUT):
+        self.join(timeout)
+        assert not self.is_alive(), f"worker did not finish within {timeout}s"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def start(fn, *args, **kwargs):
+    w = Worker(fn, *args, **kwargs)
+    w.start()
+    return w
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def waiting_on_lock(observer, pid):
+    """True when backend `pid` is blocked on a heavyweight lock."""
+    row = observer.execute(
+        "SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = %s", (pid,)
+    ).fetchone()
+    return bool(row and row["waiting"])
+
+
+def blocking_pids(observer, pid):
+    return observer.execute("SELECT pg_blocking_pids(%s) AS p", (pid,)).fetchone()["p"]

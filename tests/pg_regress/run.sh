@@ -2,15 +2,21 @@
 # Runs the golden files in sql/ against a running cluster (port $1), each in a fresh database
 # with eventstore installed, and compares with expected/. PGXS's pg_regress is called directly:
 # `cargo pgrx regress` cannot run as root.
-set -euo pipefail
+set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-PORT=${1:?port}
+PORT=${1:?usage: run.sh PORT}
 PG_REGRESS="$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")/../test/regress/pg_regress"
 OUTDIR="$HERE/../../target/pg_regress"
-mkdir -p "$OUTDIR"
-TESTS=$(cd "$HERE/sql" && ls *.sql | sed 's/\.sql$//' | sort)
-# shellcheck disable=SC2086
-"$PG_REGRESS" --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres \
-  --dbname=eventstore_regress --load-extension=eventstore \
-  --inputdir="$HERE" --outputdir="$OUTDIR" $TESTS || {
-  echo "--- regression.diffs ---"; cat "$OUTDIR/regression.diffs" 2>/dev/null | head -200; exit 1; }
+rm -rf "$OUTDIR"; mkdir -p "$OUTDIR"
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
+rc=0
+for file in "$HERE"/sql/*.sql; do
+  test=$(basename "$file" .sql)
+  db="regress_${test}"
+  "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
+  "${PSQL[@]}" -d "$db" -c "CREATE EXTENSION eventstore" || exit 1
+  "$PG_REGRESS" --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --dbname="$db" \
+    --inputdir="$HERE" --outputdir="$OUTDIR/$test" "$test" || { rc=1; cat "$OUTDIR/$test/regression.diffs" 2>/dev/null | head -150; }
+  "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+done
+exit $rc
