@@ -5,10 +5,11 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, Uuid as PgUuid};
+use pgrx::Uuid as PgUuid;
 
 use super::plans::{Statement, run};
 use super::{Row, Stream};
+use crate::datum::RawJsonb;
 use crate::error::{Error, Kind, Result};
 use crate::input::NewEvent;
 
@@ -71,7 +72,8 @@ static INSERT_ONE: Statement = Statement {
     sql: "INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
               aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
               correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
-          VALUES (nextval('eventstore.events_global_position_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9,
+          VALUES (nextval('eventstore.events_global_position_seq'), $1, $2, $3, $4, $5, $6, $7, $8,
+              coalesce($9, '{}'),
               $10, $11, $12, coalesce($13::timestamptz, statement_timestamp()), statement_timestamp(),
               pg_current_xact_id())
           RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended",
@@ -107,8 +109,8 @@ static INSERT_MANY: Statement = Statement {
 
 /// What is appended besides the validated events: one payload, or the caller's whole batch.
 pub enum Body {
-    One { payload: JsonB, metadata: JsonB },
-    Batch(JsonB),
+    One { payload: RawJsonb, metadata: Option<RawJsonb> },
+    Batch(RawJsonb),
 }
 
 fn pg_uuid(id: uuid::Uuid) -> PgUuid {

@@ -1,0 +1,87 @@
+//! A jsonb argument passed through untouched. pgrx's `JsonB` turns every argument into text and
+//! parses it with serde (and back again to write it); an append only needs to know that the
+//! payload is an object, which the jsonb header says, and hands the datum straight to SPI.
+
+use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::pg_sys;
+use pgrx::pgrx_sql_entity_graph::metadata::{
+    ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
+};
+use pgrx::{FromDatum, IntoDatum, JsonB};
+
+/// A jsonb value as PostgreSQL holds it (possibly toasted), valid for the current call.
+#[derive(Debug, Clone, Copy)]
+pub struct RawJsonb(pg_sys::Datum);
+
+// jsonb container header flags (src/include/utils/jsonb.h)
+const JB_CMASK: u32 = 0x0FFF_FFFF;
+const JB_FSCALAR: u32 = 0x1000_0000;
+const JB_FOBJECT: u32 = 0x2000_0000;
+const JB_FARRAY: u32 = 0x4000_0000;
+
+/// The shape of a jsonb document's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    /// An object with this many keys.
+    Object(u32),
+    Array,
+    Scalar,
+}
+
+impl RawJsonb {
+    /// The root's shape, read from the header (detoasting only the value itself).
+    pub fn root(&self) -> Root {
+        unsafe {
+            let varlena = self.0.cast_mut_ptr::<pg_sys::varlena>();
+            let detoasted = pg_sys::pg_detoast_datum_packed(varlena);
+            let data = pgrx::varlena::vardata_any(detoasted) as *const u8;
+            let header = u32::from_ne_bytes(std::ptr::read_unaligned(data as *const [u8; 4]));
+            if detoasted != varlena {
+                pg_sys::pfree(detoasted.cast());
+            }
+            if header & JB_FSCALAR != 0 {
+                Root::Scalar
+            } else if header & JB_FOBJECT != 0 {
+                Root::Object(header & JB_CMASK)
+            } else {
+                debug_assert!(header & JB_FARRAY != 0);
+                Root::Array
+            }
+        }
+    }
+
+    /// The value as serde JSON (a text round trip: use only where the content is needed).
+    pub fn to_json(self) -> serde_json::Value {
+        unsafe { JsonB::from_datum(self.0, false) }.expect("a non-null jsonb").0
+    }
+}
+
+
+impl FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        (!is_null).then_some(RawJsonb(datum))
+    }
+}
+
+impl IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+}
+
+unsafe impl SqlTranslatable for RawJsonb {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonb);
+    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+}
