@@ -2,15 +2,20 @@
 
 -- Every table that holds user data: RLS enabled and forced, rows visible to their tenant only.
 -- Writes go through the SECURITY DEFINER functions, which filter by tenant themselves.
-ALTER TABLE eventstore.streams ENABLE ROW LEVEL SECURITY;
-ALTER TABLE eventstore.streams FORCE ROW LEVEL SECURITY;
-CREATE POLICY streams_tenant_select ON eventstore.streams
-    FOR SELECT USING (tenant_id = (SELECT eventstore.current_tenant()));
-
-ALTER TABLE eventstore.events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE eventstore.events FORCE ROW LEVEL SECURITY;
-CREATE POLICY events_tenant_select ON eventstore.events
-    FOR SELECT USING (tenant_id = (SELECT eventstore.current_tenant()));
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['streams', 'events', 'aggregates', 'reducers', 'snapshots',
+                             'event_schemas', 'upcasters', 'redactions']
+    LOOP
+        EXECUTE format('ALTER TABLE eventstore.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE eventstore.%I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('CREATE POLICY %I ON eventstore.%I FOR SELECT
+                          USING (tenant_id = (SELECT eventstore.current_tenant()))', t || '_tenant_select', t);
+    END LOOP;
+END
+$$;
 
 -- Which functions each access level may execute; each level includes the ones below it.
 CREATE FUNCTION eventstore._access_functions(access text) RETURNS text[]
@@ -18,11 +23,12 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
     SELECT CASE access
         WHEN 'reader' THEN ARRAY[
             'current_tenant', 'read_stream', 'stream_version', 'read_all', 'feed_lag',
-            'get_event_store_stats']
+            'get_event_store_stats', 'get_aggregate_state']
         WHEN 'writer' THEN ARRAY[
-            'append_event', 'append_events']
+            'append_event', 'append_events', 'create_snapshot']
         WHEN 'admin' THEN ARRAY[
-            'delete_stream', 'grant_access']
+            'delete_stream', 'grant_access', 'define_aggregate', 'define_reducer',
+            'register_event_schema', 'register_upcaster', 'redact_event', 'redact_subject']
     END
 $$;
 

@@ -85,3 +85,36 @@ unsafe impl SqlTranslatable for RawJsonb {
     const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
     const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
 }
+
+/// A `regprocedure` argument: a function by its signature, resolved by PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub struct RegProcedure(pub pg_sys::Oid);
+
+impl FromDatum for RegProcedure {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        (!is_null).then(|| RegProcedure(pg_sys::Oid::from(datum.value() as u32)))
+    }
+}
+
+impl IntoDatum for RegProcedure {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::REGPROCEDUREOID
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for RegProcedure {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+}
+
+unsafe impl SqlTranslatable for RegProcedure {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RegProcedure);
+    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("regprocedure"));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("regprocedure")));
+}

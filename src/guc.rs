@@ -18,6 +18,11 @@ pub static TENANT_CLAIM: GucSetting<Option<CString>> =
 /// using the tenant `default`.
 pub static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `eventstore.redacting`: set (transaction-locally) only by the redaction functions, which run
+/// as the extension owner; lets their UPDATE of eventstore.events past the append-only trigger.
+/// Superuser-only, so no application role can set it.
+pub static REDACTING: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"eventstore.tenant_id",
@@ -42,6 +47,14 @@ pub fn init() {
         &REQUIRE_TENANT,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"eventstore.redacting",
+        c"Internal: set by eventstore.redact_event() while it erases a payload.",
+        c"",
+        &REDACTING,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
     );
     reserve_prefix(c"eventstore");
 }

@@ -6,11 +6,13 @@
 use pgrx::prelude::*;
 
 mod api;
+mod cache;
 mod datum;
 mod error;
 mod feed;
 mod guc;
 mod input;
+mod json;
 mod store;
 mod tenant;
 
@@ -21,11 +23,13 @@ mod tests;
 
 // Tables, types, indexes and triggers first; RLS, policies and grants once every function exists.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/state.sql", name = "state", requires = ["schema"]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    cache::init();
 }
 
 /// Hooks for `cargo pgrx test`.

@@ -5,7 +5,8 @@ use pgrx::prelude::*;
 
 use pgrx::pg_sys::panic::ErrorReport;
 use crate::datum::{RawJsonb, Root};
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
+use crate::store::definitions;
 use crate::input::{self, Lifted, NewEvent};
 use crate::store::Row;
 use crate::store::append::{Body, append};
@@ -32,7 +33,8 @@ fn append_event(
     };
     let expected = input::expected_version(expected_version)?;
     let event_id = event_id.map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
-    let event = NewEvent::new(event_type, event_id, None, lifted);
+    let mut event = NewEvent::new(event_type, event_id, None, lifted);
+    check_schema(&stream.tenant, &mut event, "payload", || payload.to_json())?;
     let body = Body::One { payload, metadata };
     let mut rows = append(&stream, std::slice::from_ref(&event), body, expected)?;
     Ok(rows.pop().expect("one event appended"))
@@ -48,7 +50,12 @@ fn append_events(
     expected_version: default!(Option<i64>, "NULL"),
 ) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "eventstore.appended")>, ErrorReport> {
     let stream = super::stream(aggregate_type, aggregate_id)?;
-    let batch = input::batch(events.map(RawJsonb::to_json).as_ref())?;
+    let parsed = events.map(RawJsonb::to_json);
+    let mut batch = input::batch(parsed.as_ref())?;
+    for (i, event) in batch.iter_mut().enumerate() {
+        let payload = || parsed.as_ref().and_then(|p| p[i].get("payload")).cloned().unwrap_or_default();
+        check_schema(&stream.tenant, event, &format!("events[{i}].payload"), payload)?;
+    }
     let expected = input::expected_version(expected_version)?;
     let rows: Vec<Row> = append(&stream, &batch, Body::Batch(events.expect("checked above")), expected)?;
     Ok(SetOfIterator::new(rows))
@@ -62,4 +69,32 @@ fn object(what: &str, value: Option<RawJsonb>) -> Result<(RawJsonb, u32)> {
         // the error path may parse: it names the exact kind
         other => input::object(what, other.map(|(v, _)| v.to_json()).as_ref()).map(|_| unreachable!()),
     }
+}
+
+/// Settles the event's schema version (the one given, else the newest registered, else 1) and
+/// validates the payload against that version's JSON Schema, if one is registered (23514).
+fn check_schema(tenant: &str, event: &mut NewEvent, what: &str, payload: impl FnOnce() -> serde_json::Value) -> Result<()> {
+    let schemas = definitions::schemas(tenant, &event.event_type)?;
+    let Some(latest) = schemas.latest() else {
+        return Ok(());
+    };
+    let version = *event.schema_version.get_or_insert(latest);
+    let Some(validator) = schemas.versions.get(&version) else {
+        return Err(Error::invalid(format!("schema version {version} of event type {} is not registered", event.event_type))
+            .detail(format!("registered versions: {}", schemas.versions.keys().map(i32::to_string).collect::<Vec<_>>().join(", "))));
+    };
+    let payload = payload();
+    let problems: Vec<String> = validator
+        .iter_errors(&payload)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("{}: {e}", if at.is_empty() { "/" } else { at.as_str() })
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(Kind::SchemaViolation, format!("{what} does not match the JSON Schema of {} version {version}", event.event_type))
+        .detail(problems.join("; "))
+        .hint("Fix the payload, or append it under the schema_version it was written for."))
 }

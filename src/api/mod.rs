@@ -3,7 +3,10 @@
 
 pub mod admin;
 pub mod append;
+pub mod evolution;
+pub mod gdpr;
 pub mod read;
+pub mod state;
 
 use crate::error::Result;
 use crate::store::Stream;

@@ -24,6 +24,7 @@ static STATS: Statement = Statement {
             'events_by_aggregate_type', coalesce((SELECT jsonb_object_agg(aggregate_type, n)
                  FROM (SELECT aggregate_type, count(*) AS n FROM e GROUP BY aggregate_type) t), '{}'),
             'redacted_events', (SELECT count(*) FROM e WHERE e.redacted_at IS NOT NULL),
+            'snapshots', (SELECT count(*) FROM eventstore.snapshots WHERE tenant_id = $1),
             'first_recorded_at', (SELECT min(recorded_at) FROM e),
             'last_recorded_at', (SELECT max(recorded_at) FROM e))",
     args: &[TEXTOID],

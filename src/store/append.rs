@@ -8,12 +8,24 @@ use pgrx::spi::SpiClient;
 use pgrx::Uuid as PgUuid;
 
 use super::plans::{Statement, run};
-use super::{Row, Stream};
+use pgrx::memcxt::PgMemoryContexts;
+
+use super::{Row, Stream, caller_context, composites_in, state};
 use crate::datum::RawJsonb;
 use crate::error::{Error, Kind, Result};
 use crate::input::NewEvent;
 
-/// Locks the stream's row (if it exists) so that a re-send is judged against committed events.
+/// Makes sure the stream has a row (version 0 until something is appended), waiting for a
+/// concurrent creator to finish, so that LOCK_STREAM has a row to lock even for a new stream.
+static ENSURE_STREAM: Statement = Statement {
+    sql: "INSERT INTO eventstore.streams (tenant_id, aggregate_type, aggregate_id, version)
+          VALUES ($1, $2, $3, 0)
+          ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO NOTHING",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+/// Locks the stream's row so that a re-send is judged against committed events.
 static LOCK_STREAM: Statement = Statement {
     sql: "SELECT 1 FROM eventstore.streams s
           WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
@@ -34,13 +46,14 @@ static FIND_EVENT_IDS: Statement = Statement {
     volatile: true,
 };
 
-/// `expected_version` NULL (any) or 0 (must not exist, or be soft-deleted): create or bump.
+/// `expected_version` NULL (any) or 0 (must not exist: no row, a row at version 0, or a
+/// soft-deleted stream): create or bump.
 static UPSERT_STREAM: Statement = Statement {
     sql: "INSERT INTO eventstore.streams AS s (tenant_id, aggregate_type, aggregate_id, version)
           VALUES ($1, $2, $3, $4)
           ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE
              SET version = s.version + $4, updated_at = statement_timestamp(), deleted_at = NULL
-           WHERE NOT s.hard_deleted AND ($5::bigint IS NULL OR s.deleted_at IS NOT NULL)
+           WHERE NOT s.hard_deleted AND ($5::bigint IS NULL OR s.deleted_at IS NOT NULL OR s.version = 0)
           RETURNING s.version",
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
     volatile: true,
@@ -125,13 +138,25 @@ fn key(stream: &Stream) -> [DatumWithOid<'_>; 3] {
     ]
 }
 
-/// Appends `events` to `stream` as one step of the caller's transaction.
+/// Appends `events` to `stream` as one step of the caller's transaction, then takes the
+/// snapshot the append made due, if any.
 pub fn append(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<Vec<Row>> {
+    let (rows, last) = insert(stream, events, body, expected)?;
+    if let Some(last) = last {
+        state::snapshot_after_append(stream, last - events.len() as i64, last)?;
+    }
+    Ok(rows)
+}
+
+/// The rows appended (or found again) and the stream's new version (None for a re-send).
+fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<(Vec<Row>, Option<i64>)> {
+    let context = caller_context();
     Spi::connect(|client| {
         if events.iter().any(|e| e.id_supplied) {
+            run(client, &ENSURE_STREAM, &key(stream))?;
             run(client, &LOCK_STREAM, &key(stream))?;
-            if let Some(original) = already_appended(client, stream, events)? {
-                return Ok(original);
+            if let Some(original) = already_appended(client, context, stream, events)? {
+                return Ok((original, None));
             }
         }
         let last = reserve(client, stream, events.len() as i64, expected)?;
@@ -174,17 +199,18 @@ pub fn append(stream: &Stream, events: &[NewEvent], body: Body, expected: Option
                 ])?
             }
         };
-        let mut rows = Vec::with_capacity(events.len());
-        for row in table {
-            rows.push(row.get::<Row>(1)?.ok_or_else(|| Error::new(Kind::Internal, "insert returned no row"))?);
-        }
-        Ok(rows)
+        Ok((composites_in(context, table, 1)?, Some(last)))
     })
 }
 
 /// A re-send of events stored at exactly these positions of this stream returns the original
 /// rows; any other overlap with stored event ids is a 23505.
-fn already_appended(client: &SpiClient<'_>, stream: &Stream, events: &[NewEvent]) -> Result<Option<Vec<Row>>> {
+fn already_appended(
+    client: &SpiClient<'_>,
+    context: pg_sys::MemoryContext,
+    stream: &Stream,
+    events: &[NewEvent],
+) -> Result<Option<Vec<Row>>> {
     let ids: Vec<PgUuid> = events.iter().filter(|e| e.id_supplied).map(|e| pg_uuid(e.event_id)).collect();
     let [tenant, aggregate_type, aggregate_id] = key(stream);
     let table = run(client, &FIND_EVENT_IDS, &[tenant, aggregate_type, aggregate_id, ids.into()])?;
@@ -192,11 +218,15 @@ fn already_appended(client: &SpiClient<'_>, stream: &Stream, events: &[NewEvent]
         return Ok(None);
     }
     let mut found = std::collections::HashMap::new();
-    for row in table {
+    let mut table = table;
+    while let Some(row) = table.next() {
         let id: String = row.get(1)?.unwrap_or_default();
         let same_stream: bool = row.get(2)?.unwrap_or(false);
         let version: i64 = row.get(3)?.unwrap_or(0);
-        let appended: Option<Row> = row.get(4)?;
+        let datum = table.get_datum_by_ordinal(4)?;
+        let appended = datum.and_then(|d| unsafe {
+            Row::from_datum_in_memory_context(PgMemoryContexts::For(context), d, false, pg_sys::InvalidOid)
+        });
         found.insert(id, (same_stream, version, appended));
     }
     let mut original = Vec::with_capacity(events.len());

@@ -3,16 +3,44 @@
 //! not subject to row-level security.
 
 pub mod admin;
+pub mod caller;
+pub mod define;
+pub mod definitions;
 pub mod append;
 pub mod plans;
 pub mod read;
+pub mod redact;
+pub mod state;
 
-use pgrx::AllocatedByRust;
 use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::memcxt::PgMemoryContexts;
+use pgrx::spi::SpiTupleTable;
+use pgrx::{AllocatedByRust, FromDatum, pg_sys};
+
+use crate::error::{Error, Kind, Result};
 
 /// A composite row (eventstore.appended, eventstore.event, eventstore.feed_event) copied out of
 /// SPI's memory, ready to be returned.
 pub type Row = PgHeapTuple<'static, AllocatedByRust>;
+
+/// The memory context a #[pg_extern] was called in: what it returns must live there, not in
+/// SPI's context (freed when SPI finishes) nor in the transaction's (which would grow with
+/// every call of a long transaction).
+pub fn caller_context() -> pg_sys::MemoryContext {
+    PgMemoryContexts::CurrentMemoryContext.value()
+}
+
+/// Copies the composite in column `ordinal` of every row of an SPI result into `context`.
+pub fn composites_in(context: pg_sys::MemoryContext, mut table: SpiTupleTable<'_>, ordinal: usize) -> Result<Vec<Row>> {
+    let null = || Error::new(Kind::Internal, "eventstore internal error: a null row");
+    let mut rows = Vec::with_capacity(table.len());
+    while table.next().is_some() {
+        let datum = table.get_datum_by_ordinal(ordinal)?.ok_or_else(null)?;
+        let row = unsafe { Row::from_datum_in_memory_context(PgMemoryContexts::For(context), datum, false, pg_sys::InvalidOid) };
+        rows.push(row.ok_or_else(null)?);
+    }
+    Ok(rows)
+}
 
 /// The stream a call is about, for its tenant.
 #[derive(Debug, Clone)]

@@ -48,3 +48,25 @@ pub fn run<'conn>(
     let plan = kept(client, stmt)?;
     Ok(client.select(&*plan, None, args)?)
 }
+
+thread_local! {
+    static KEPT_DYNAMIC: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Runs a statement built at run time (a call of a user's handler), kept by its text.
+pub fn run_dynamic<'conn>(
+    client: &SpiClient<'conn>,
+    sql: &str,
+    arg_types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> Result<SpiTupleTable<'conn>> {
+    let plan = match KEPT_DYNAMIC.with(|k| k.borrow().get(sql).cloned()) {
+        Some(plan) => plan,
+        None => {
+            let plan = Rc::new(client.prepare_mut(sql, arg_types)?.keep());
+            KEPT_DYNAMIC.with(|k| k.borrow_mut().insert(sql.to_owned(), plan.clone()));
+            plan
+        }
+    };
+    Ok(client.select(&*plan, None, args)?)
+}

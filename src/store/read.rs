@@ -4,8 +4,12 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 
+use pgrx::JsonB;
+use pgrx::datum::TimestampWithTimeZone;
+
+use super::definitions;
 use super::plans::{Statement, run};
-use super::{Row, Stream};
+use super::{Row, Stream, caller_context, composites_in};
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 
@@ -57,16 +61,37 @@ static READ_ALL: Statement = Statement {
     volatile: false,
 };
 
-fn rows(table: pgrx::spi::SpiTupleTable<'_>) -> Result<Vec<Row>> {
-    let mut out = Vec::with_capacity(table.len());
-    for row in table {
-        out.push(row.get::<Row>(1)?.ok_or_else(|| Error::new(Kind::Internal, "read returned a null row"))?);
+/// Upcasts rows read for a tenant that has upcasters (stored rows never change). Runs outside
+/// SPI, in the caller's memory context, where the rows live.
+fn upcast_rows(tenant: &str, rows: &mut [Row]) -> Result<()> {
+    if definitions::tenant_upcasts(tenant)? {
+        for row in rows {
+            upcast_row(tenant, row)?;
+        }
     }
-    Ok(out)
+    Ok(())
+}
+
+fn upcast_row(tenant: &str, row: &mut Row) -> Result<()> {
+    let bug = |e: &dyn std::fmt::Display| Error::new(Kind::Internal, format!("eventstore internal error: {e}"));
+    let redacted: Option<TimestampWithTimeZone> = row.get_by_name("redacted_at").map_err(|e| bug(&e))?;
+    let event_type: Option<String> = row.get_by_name("event_type").map_err(|e| bug(&e))?;
+    let (Some(event_type), None) = (event_type, redacted) else { return Ok(()) };
+    let chain = definitions::upcasters(tenant, &event_type)?;
+    let version: i32 = row.get_by_name("schema_version").map_err(|e| bug(&e))?.unwrap_or(1);
+    if chain.is_empty() || !chain.has_step(version) {
+        return Ok(());
+    }
+    let mut payload = row.get_by_name::<JsonB>("payload").map_err(|e| bug(&e))?.map(|p| p.0).unwrap_or_default();
+    let reached = chain.upcast(version, &mut payload);
+    row.set_by_name("payload", JsonB(payload)).map_err(|e| bug(&e))?;
+    row.set_by_name("schema_version", reached).map_err(|e| bug(&e))?;
+    Ok(())
 }
 
 pub fn read_stream(stream: &Stream, from_version: i64, max_count: i32) -> Result<Vec<Row>> {
-    Spi::connect(|client| {
+    let context = caller_context();
+    let mut rows = Spi::connect(|client| {
         let args: [DatumWithOid<'_>; 5] = [
             stream.tenant.as_str().into(),
             stream.aggregate_type.as_str().into(),
@@ -74,8 +99,10 @@ pub fn read_stream(stream: &Stream, from_version: i64, max_count: i32) -> Result
             from_version.into(),
             max_count.into(),
         ];
-        rows(run(client, &READ_STREAM, &args)?)
-    })
+        composites_in(context, run(client, &READ_STREAM, &args)?, 1)
+    })?;
+    upcast_rows(&stream.tenant, &mut rows)?;
+    Ok(rows)
 }
 
 /// The stream's version; 0 when it does not exist or is deleted.
@@ -98,7 +125,8 @@ pub fn read_all(
     event_types: Option<Vec<String>>,
     aggregate_types: Option<Vec<String>>,
 ) -> Result<Vec<Row>> {
-    Spi::connect(|client| {
+    let context = caller_context();
+    let mut rows = Spi::connect(|client| {
         let args: [DatumWithOid<'_>; 6] = [
             tenant.into(),
             after.transaction_id.to_string().into(),
@@ -107,6 +135,8 @@ pub fn read_all(
             aggregate_types.into(),
             max_count.into(),
         ];
-        rows(run(client, &READ_ALL, &args)?)
-    })
+        composites_in(context, run(client, &READ_ALL, &args)?, 1)
+    })?;
+    upcast_rows(tenant, &mut rows)?;
+    Ok(rows)
 }

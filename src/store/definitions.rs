@@ -1,0 +1,225 @@
+//! Definitions that shape events and state, loaded per tenant and cached per backend
+//! (src/cache.rs): aggregates with their reducers, event schemas, upcaster chains.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use pgrx::JsonB;
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::plans::{Statement, run};
+use crate::cache::Memo;
+use crate::error::{Error, Kind, Result};
+use crate::json::{ReducerProgram, TransformProgram};
+
+/// How one event type changes the state of an aggregate type.
+pub enum Reducer {
+    Rule(ReducerProgram),
+    /// A SQL function `(state jsonb, event eventstore.event) -> jsonb`, by its (qualified) name.
+    Handler(String),
+}
+
+/// An aggregate type: defined with `define_aggregate`, or the defaults (initial state `{}`,
+/// merge patch for every event, no automatic snapshots).
+pub struct Aggregate {
+    pub defined: bool,
+    pub initial_state: Value,
+    pub snapshot_every: i64,
+    pub keep_snapshots: i64,
+    pub reducers: HashMap<String, Reducer>,
+    /// Hash of everything a state depends on besides the events: initial state, reducers and
+    /// the tenant's upcasters. Snapshots made with another hash are ignored.
+    pub hash: String,
+}
+
+/// The upcaster chain of one event type: from_version -> (to_version, transform).
+#[derive(Default)]
+pub struct Upcasters {
+    steps: BTreeMap<i32, (i32, TransformProgram)>,
+}
+
+impl Upcasters {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn has_step(&self, version: i32) -> bool {
+        self.steps.contains_key(&version)
+    }
+
+    /// Upcasts a payload of `version` as far as the chain goes; returns the version reached.
+    pub fn upcast(&self, mut version: i32, payload: &mut Value) -> i32 {
+        while let Some((to, program)) = self.steps.get(&version) {
+            program.apply(payload);
+            version = *to;
+        }
+        version
+    }
+}
+
+/// The registered JSON Schemas of one event type, compiled.
+#[derive(Default)]
+pub struct Schemas {
+    pub versions: BTreeMap<i32, jsonschema::Validator>,
+}
+
+impl Schemas {
+    pub fn latest(&self) -> Option<i32> {
+        self.versions.keys().next_back().copied()
+    }
+}
+
+static AGGREGATE: Statement = Statement {
+    sql: "SELECT a.initial_state, a.snapshot_every::bigint, a.keep_snapshots::bigint
+          FROM eventstore.aggregates a WHERE a.tenant_id = $1 AND a.aggregate_type = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: false,
+};
+
+static REDUCERS: Statement = Statement {
+    sql: "SELECT r.event_type, r.rule, r.handler::text, r.handler::regproc::text
+          FROM eventstore.reducers r WHERE r.tenant_id = $1 AND r.aggregate_type = $2
+          ORDER BY r.event_type",
+    args: &[TEXTOID, TEXTOID],
+    volatile: false,
+};
+
+static ALL_UPCASTERS: Statement = Statement {
+    sql: "SELECT u.event_type, u.from_version, u.to_version, u.transform
+          FROM eventstore.upcasters u WHERE u.tenant_id = $1
+          ORDER BY u.event_type, u.from_version",
+    args: &[TEXTOID],
+    volatile: false,
+};
+
+static UPCASTERS: Statement = Statement {
+    sql: "SELECT u.from_version, u.to_version, u.transform
+          FROM eventstore.upcasters u WHERE u.tenant_id = $1 AND u.event_type = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: false,
+};
+
+static SCHEMAS: Statement = Statement {
+    sql: "SELECT s.schema_version, s.json_schema
+          FROM eventstore.event_schemas s WHERE s.tenant_id = $1 AND s.event_type = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: false,
+};
+
+static ANY_UPCASTER: Statement = Statement {
+    sql: "SELECT EXISTS (SELECT 1 FROM eventstore.upcasters u WHERE u.tenant_id = $1)",
+    args: &[TEXTOID],
+    volatile: false,
+};
+
+thread_local! {
+    static TENANTS_UPCASTING: Memo<String, bool> = Memo::new();
+    static AGGREGATES: Memo<(String, String), Aggregate> = Memo::new();
+    static UPCASTER_CHAINS: Memo<(String, String), Upcasters> = Memo::new();
+    static SCHEMA_SETS: Memo<(String, String), Schemas> = Memo::new();
+}
+
+fn broken(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(Kind::Internal, format!("stored {what} no longer compiles: {e}"))
+}
+
+pub fn aggregate(tenant: &str, aggregate_type: &str) -> Result<Rc<Aggregate>> {
+    let key = (tenant.to_owned(), aggregate_type.to_owned());
+    AGGREGATES.with(|memo| memo.get(&key, || load_aggregate(tenant, aggregate_type)))
+}
+
+fn load_aggregate(tenant: &str, aggregate_type: &str) -> Result<Aggregate> {
+    Spi::connect(|client| {
+        let defined = run(client, &AGGREGATE, &[tenant.into(), aggregate_type.into()])?;
+        let (defined, initial_state, snapshot_every, keep_snapshots) = if defined.is_empty() {
+            (false, Value::Object(Default::default()), 0, 0)
+        } else {
+            let row = defined.first();
+            let initial: JsonB = row.get(1)?.unwrap_or(JsonB(Value::Object(Default::default())));
+            (true, initial.0, row.get::<i64>(2)?.unwrap_or(100), row.get::<i64>(3)?.unwrap_or(3))
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(initial_state.to_string());
+        let mut reducers = HashMap::new();
+        for row in run(client, &REDUCERS, &[tenant.into(), aggregate_type.into()])? {
+            let event_type: String = row.get(1)?.unwrap_or_default();
+            let rule: Option<JsonB> = row.get(2)?;
+            let handler: Option<String> = row.get(3)?;
+            let handler_name: Option<String> = row.get(4)?;
+            let reducer = match (rule, handler) {
+                (Some(rule), _) => {
+                    hasher.update(format!("\0rule\0{event_type}\0{}", rule.0));
+                    Reducer::Rule(ReducerProgram::compile(&rule.0).map_err(|e| broken("reducer rule", e))?)
+                }
+                (None, Some(handler)) => {
+                    hasher.update(format!("\0handler\0{event_type}\0{handler}"));
+                    Reducer::Handler(handler_name.unwrap_or(handler))
+                }
+                (None, None) => continue,
+            };
+            reducers.insert(event_type, reducer);
+        }
+        for row in run(client, &ALL_UPCASTERS, &[tenant.into()])? {
+            let (event_type, from, to, transform): (Option<String>, Option<i32>, Option<i32>, Option<JsonB>) =
+                (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+            hasher.update(format!(
+                "\0upcaster\0{}\0{}\0{}\0{}",
+                event_type.unwrap_or_default(),
+                from.unwrap_or_default(),
+                to.unwrap_or_default(),
+                transform.map(|t| t.0.to_string()).unwrap_or_default()
+            ));
+        }
+        let hash = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Aggregate { defined, initial_state, snapshot_every, keep_snapshots, reducers, hash })
+    })
+}
+
+/// Whether the tenant has any upcaster, so reads of tenants without can skip looking per event.
+pub fn tenant_upcasts(tenant: &str) -> Result<bool> {
+    let key = tenant.to_owned();
+    let any = TENANTS_UPCASTING.with(|memo| {
+        memo.get(&key, || Spi::connect(|client| Ok(run(client, &ANY_UPCASTER, &[tenant.into()])?.first().get_one::<bool>()?.unwrap_or(false))))
+    })?;
+    Ok(*any)
+}
+
+pub fn upcasters(tenant: &str, event_type: &str) -> Result<Rc<Upcasters>> {
+    let key = (tenant.to_owned(), event_type.to_owned());
+    UPCASTER_CHAINS.with(|memo| {
+        memo.get(&key, || {
+            Spi::connect(|client| {
+                let mut chain = Upcasters::default();
+                for row in run(client, &UPCASTERS, &[tenant.into(), event_type.into()])? {
+                    let from: i32 = row.get(1)?.unwrap_or_default();
+                    let to: i32 = row.get(2)?.unwrap_or_default();
+                    let transform: JsonB = row.get(3)?.unwrap_or(JsonB(Value::Array(vec![])));
+                    let program = TransformProgram::compile(&transform.0).map_err(|e| broken("upcaster", e))?;
+                    chain.steps.insert(from, (to, program));
+                }
+                Ok(chain)
+            })
+        })
+    })
+}
+
+pub fn schemas(tenant: &str, event_type: &str) -> Result<Rc<Schemas>> {
+    let key = (tenant.to_owned(), event_type.to_owned());
+    SCHEMA_SETS.with(|memo| {
+        memo.get(&key, || {
+            Spi::connect(|client| {
+                let mut set = Schemas::default();
+                for row in run(client, &SCHEMAS, &[tenant.into(), event_type.into()])? {
+                    let version: i32 = row.get(1)?.unwrap_or_default();
+                    let schema: JsonB = row.get(2)?.unwrap_or(JsonB(Value::Bool(true)));
+                    let validator = jsonschema::validator_for(&schema.0).map_err(|e| broken("JSON Schema", e))?;
+                    set.versions.insert(version, validator);
+                }
+                Ok(set)
+            })
+        })
+    })
+}

@@ -1,0 +1,268 @@
+//! Aggregate state: the newest usable snapshot at or below the target version, then a replay of
+//! the events after it through the reducers (design.md §4.1-4.2).
+
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, PgOid};
+use serde_json::Value;
+
+use super::caller::as_caller;
+use super::definitions::{self, Aggregate, Reducer};
+use super::plans::{Statement, run, run_dynamic};
+use super::{Row, Stream};
+use crate::error::{Error, Kind, Result};
+use crate::json::default_reduce;
+
+/// Which version of a stream to compute.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target {
+    pub at_version: Option<i64>,
+    pub as_of: Option<TimestampWithTimeZone>,
+}
+
+/// A computed state, before it becomes an `eventstore.aggregate_state` row.
+pub struct State {
+    pub version: i64,
+    pub state: Option<Value>,
+    pub updated_at: Option<TimestampWithTimeZone>,
+    pub snapshot_version: Option<i64>,
+}
+
+static STREAM: Statement = Statement {
+    sql: "SELECT CASE WHEN s.deleted_at IS NULL THEN s.version ELSE 0 END, s.hidden_through
+          FROM eventstore.streams s
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: false,
+};
+
+static AS_OF_VERSION: Statement = Statement {
+    sql: "SELECT max(e.aggregate_version) FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
+            AND e.recorded_at <= $4",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
+    volatile: false,
+};
+
+static SNAPSHOT: Statement = Statement {
+    sql: "SELECT s.version, s.state FROM eventstore.snapshots s
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
+            AND s.version <= $4 AND s.version > $5 AND s.reducer_hash = $6
+          ORDER BY s.version DESC LIMIT 1",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID],
+    volatile: false,
+};
+
+
+/// The events after a snapshot, with what the reducers need.
+static REPLAY: Statement = Statement {
+    sql: "SELECT e.aggregate_version, e.event_type, e.schema_version, e.payload, e.recorded_at,
+                 e.redacted_at IS NOT NULL
+          FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
+            AND e.aggregate_version > $4 AND e.aggregate_version <= $5
+          ORDER BY e.aggregate_version",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
+    volatile: false,
+};
+
+/// The same, with whole events for SQL-function reducers.
+static REPLAY_ROWS: Statement = Statement {
+    sql: "SELECT e.aggregate_version, e.event_type, e.schema_version, e.payload, e.recorded_at,
+                 e.redacted_at IS NOT NULL,
+                 ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
+                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
+                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
+                     e.transaction_id, e.redacted_at)::eventstore.event
+          FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
+            AND e.aggregate_version > $4 AND e.aggregate_version <= $5
+          ORDER BY e.aggregate_version",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
+    volatile: false,
+};
+
+static RECORDED_AT: Statement = Statement {
+    sql: "SELECT e.recorded_at FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
+            AND e.aggregate_version = $4",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID],
+    volatile: false,
+};
+
+static SAVE_SNAPSHOT: Statement = Statement {
+    sql: "INSERT INTO eventstore.snapshots AS s (tenant_id, aggregate_type, aggregate_id, version, state, reducer_hash)
+          VALUES ($1, $2, $3, $4, $5, $6)
+          ON CONFLICT (tenant_id, aggregate_type, aggregate_id, version) DO UPDATE
+             SET state = excluded.state, reducer_hash = excluded.reducer_hash, created_at = statement_timestamp()",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID],
+    volatile: true,
+};
+
+/// Keeps the newest `keep` snapshots made with the current reducers; the rest can never be used.
+static PRUNE_SNAPSHOTS: Statement = Statement {
+    sql: "DELETE FROM eventstore.snapshots s
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
+            AND (s.reducer_hash <> $5 OR s.version < (
+                 SELECT min(k.version) FROM (
+                   SELECT version FROM eventstore.snapshots
+                   WHERE tenant_id = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND reducer_hash = $5
+                   ORDER BY version DESC LIMIT $4) k))",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID],
+    volatile: true,
+};
+
+static DROP_SNAPSHOTS: Statement = Statement {
+    sql: "DELETE FROM eventstore.snapshots s
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+fn key(stream: &Stream) -> [DatumWithOid<'_>; 3] {
+    [stream.tenant.as_str().into(), stream.aggregate_type.as_str().into(), stream.aggregate_id.as_str().into()]
+}
+
+fn internal(what: &str) -> Error {
+    Error::new(Kind::Internal, format!("eventstore internal error: {what}"))
+}
+
+/// The state of `stream` at `target`.
+pub fn compute(stream: &Stream, target: Target) -> Result<State> {
+    let aggregate = definitions::aggregate(&stream.tenant, &stream.aggregate_type)?;
+    Spi::connect(|client| compute_with(client, stream, &aggregate, target))
+}
+
+fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, target: Target) -> Result<State> {
+    let missing = State { version: 0, state: None, updated_at: None, snapshot_version: None };
+    let table = run(client, &STREAM, &key(stream))?;
+    if table.is_empty() {
+        return Ok(missing);
+    }
+    let row = table.first();
+    let (current, hidden_through) = (row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0));
+    let mut version = current;
+    if let Some(at) = target.at_version {
+        version = version.min(at);
+    }
+    if let Some(as_of) = target.as_of {
+        let [t, a, i] = key(stream);
+        let table = run(client, &AS_OF_VERSION, &[t, a, i, as_of.into()])?;
+        version = version.min(table.first().get_one::<i64>()?.unwrap_or(0));
+    }
+    if version <= hidden_through {
+        return Ok(missing);
+    }
+
+    let [t, a, i] = key(stream);
+    let snapshot = run(client, &SNAPSHOT, &[t, a, i, version.into(), hidden_through.into(), aggregate.hash.as_str().into()])?;
+    let (mut state, snapshot_version) = if snapshot.is_empty() {
+        (Some(aggregate.initial_state.clone()), None)
+    } else {
+        let row = snapshot.first();
+        (row.get::<JsonB>(2)?.map(|s| s.0), row.get::<i64>(1)?)
+    };
+    let from = snapshot_version.unwrap_or(hidden_through);
+
+    let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(_)));
+    let [t, a, i] = key(stream);
+    let events = run(client, if with_rows { &REPLAY_ROWS } else { &REPLAY }, &[t, a, i, from.into(), version.into()])?;
+    let mut updated_at = None;
+    for row in events {
+        let event_type: String = row.get(2)?.ok_or_else(|| internal("event without a type"))?;
+        let schema_version: i32 = row.get(3)?.unwrap_or(1);
+        let mut payload: Value = row.get::<JsonB>(4)?.map(|p| p.0).unwrap_or(Value::Null);
+        updated_at = row.get::<TimestampWithTimeZone>(5)?;
+        let redacted = row.get::<bool>(6)?.unwrap_or(false);
+        let upcast_to = if redacted { schema_version } else { upcast(&stream.tenant, &event_type, schema_version, &mut payload)? };
+        state = match aggregate.reducers.get(&event_type) {
+            None => default_reduce(state, &payload),
+            Some(Reducer::Rule(program)) => program.apply(state, &payload),
+            Some(Reducer::Handler(handler)) => {
+                let mut event: Row = row.get(7)?.ok_or_else(|| internal("replay row without event"))?;
+                if upcast_to != schema_version {
+                    event.set_by_name("payload", JsonB(payload)).map_err(|e| internal(&e.to_string()))?;
+                    event.set_by_name("schema_version", upcast_to).map_err(|e| internal(&e.to_string()))?;
+                }
+                call_handler(client, handler, state, event)?
+            }
+        };
+    }
+    if updated_at.is_none() {
+        // served from a snapshot exactly at the target: the event there says when
+        let [t, a, i] = key(stream);
+        updated_at = run(client, &RECORDED_AT, &[t, a, i, version.into()])?.first().get_one()?;
+    }
+    Ok(State { version, state, updated_at, snapshot_version })
+}
+
+/// Upcasts a payload through its event type's chain; returns the schema version reached.
+pub fn upcast(tenant: &str, event_type: &str, schema_version: i32, payload: &mut Value) -> Result<i32> {
+    let chain = definitions::upcasters(tenant, event_type)?;
+    Ok(if chain.is_empty() { schema_version } else { chain.upcast(schema_version, payload) })
+}
+
+fn call_handler(client: &SpiClient<'_>, handler: &str, state: Option<Value>, event: Row) -> Result<Option<Value>> {
+    let sql = format!("SELECT {handler}($1::jsonb, $2::eventstore.event)");
+    let event_type = event_type_oid(client)?;
+    as_caller(|| {
+        let table = run_dynamic(
+            client,
+            &sql,
+            &[PgOid::BuiltIn(JSONBOID), PgOid::Custom(event_type)],
+            &[state.map(JsonB).into(), event.into()],
+        )?;
+        Ok(table.first().get_one::<JsonB>()?.map(|s| s.0))
+    })
+}
+
+fn event_type_oid(client: &SpiClient<'_>) -> Result<pg_sys::Oid> {
+    static EVENT_TYPE: Statement = Statement {
+        sql: "SELECT 'eventstore.event'::regtype::oid",
+        args: &[],
+        volatile: false,
+    };
+    run(client, &EVENT_TYPE, &[])?.first().get_one::<pg_sys::Oid>()?.ok_or_else(|| internal("no type eventstore.event"))
+}
+
+/// Computes the state at `version` and keeps it as a snapshot; prunes old ones.
+pub fn snapshot(stream: &Stream, version: Option<i64>) -> Result<i64> {
+    let aggregate = definitions::aggregate(&stream.tenant, &stream.aggregate_type)?;
+    Spi::connect(|client| snapshot_with(client, stream, &aggregate, version))
+}
+
+fn snapshot_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, version: Option<i64>) -> Result<i64> {
+    let state = compute_with(client, stream, aggregate, Target { at_version: version, as_of: None })?;
+    if state.version == 0 {
+        return Ok(0);
+    }
+    let keep = if aggregate.defined { aggregate.keep_snapshots } else { 3 };
+    let [t, a, i] = key(stream);
+    run(client, &SAVE_SNAPSHOT, &[t, a, i, state.version.into(), state.state.map(JsonB).into(), aggregate.hash.as_str().into()])?;
+    let [t, a, i] = key(stream);
+    run(client, &PRUNE_SNAPSHOTS, &[t, a, i, keep.into(), aggregate.hash.as_str().into()])?;
+    Ok(state.version)
+}
+
+/// After an append moved a stream from version `before` to `after`: a snapshot at the last
+/// multiple of `snapshot_every` crossed, if any (defined aggregates only).
+pub fn snapshot_after_append(stream: &Stream, before: i64, after: i64) -> Result<()> {
+    let aggregate = definitions::aggregate(&stream.tenant, &stream.aggregate_type)?;
+    if !aggregate.defined {
+        return Ok(());
+    }
+    let every = aggregate.snapshot_every.max(1);
+    if before / every == after / every {
+        return Ok(());
+    }
+    let at = after / every * every;
+    Spi::connect(|client| snapshot_with(client, stream, &aggregate, Some(at)))?;
+    Ok(())
+}
+
+/// Snapshots of a stream whose events changed (redaction) can no longer be trusted.
+pub fn drop_snapshots(stream: &Stream) -> Result<()> {
+    Spi::connect(|client| run(client, &DROP_SNAPSHOTS, &key(stream)).map(|_| ()))
+}
