@@ -177,6 +177,14 @@ def feed_lag(conn):
     return conn.execute("SELECT eventstore.feed_lag() AS lag").fetchone()["lag"]
 
 
+def feed_unblocked(conn, timeout=5.0):
+    """Waits until no running transaction holds the feed back (a test's own writers are done,
+    but an autovacuum ANALYZE elsewhere in the cluster may hold an xid for a moment); returns
+    feed_lag()."""
+    return wait_until(lambda: (lambda lag: lag if lag["blocking_backend"] is None else None)(feed_lag(conn)),
+                      timeout=timeout, what="the feed to be held back by nobody")
+
+
 def stats(conn):
     return conn.execute("SELECT eventstore.get_event_store_stats() AS s").fetchone()["s"]
 
