@@ -2,7 +2,7 @@
 //! parses it with serde (and back again to write it); an append only needs to know that the
 //! payload is an object, which the jsonb header says, and hands the datum straight to SPI.
 
-use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
@@ -48,6 +48,12 @@ impl RawJsonb {
                 Root::Array
             }
         }
+    }
+
+    /// The same value detoasted once, so that statements reading it many times do not each
+    /// decompress it again.
+    pub fn detoasted(self) -> RawJsonb {
+        unsafe { RawJsonb(pg_sys::Datum::from(pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()))) }
     }
 
     /// The value as serde JSON (a text round trip: use only where the content is needed).
@@ -118,3 +124,29 @@ unsafe impl SqlTranslatable for RegProcedure {
     const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("regprocedure"));
     const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("regprocedure")));
 }
+
+/// A composite row returned as the datum it already is (see `store::Row`), typed in SQL by
+/// the composite type it belongs to.
+macro_rules! composite_row {
+    ($name:ident, $sql:literal) => {
+        #[doc = concat!("A row of `", $sql, "`.")]
+        pub struct $name(pub pg_sys::Datum);
+
+        unsafe impl BoxRet for $name {
+            unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+                unsafe { fcinfo.return_raw_datum(self.0) }
+            }
+        }
+
+        unsafe impl SqlTranslatable for $name {
+            const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!($name);
+            const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+            const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal($sql));
+            const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal($sql)));
+        }
+    };
+}
+
+composite_row!(AppendedRow, "eventstore.appended");
+composite_row!(EventRow, "eventstore.event");
+composite_row!(FeedRow, "eventstore.feed_event");

@@ -4,11 +4,10 @@ use pgrx::Uuid as PgUuid;
 use pgrx::prelude::*;
 
 use pgrx::pg_sys::panic::ErrorReport;
-use crate::datum::{RawJsonb, Root};
+use crate::datum::{AppendedRow, RawJsonb, Root};
 use crate::error::{Error, Kind, Result};
 use crate::store::definitions;
 use crate::input::{self, Lifted, NewEvent};
-use crate::store::Row;
 use crate::store::append::{Body, append};
 
 /// Appends one event to a stream; returns where it was stored.
@@ -22,7 +21,7 @@ fn append_event(
     metadata: default!(Option<RawJsonb>, "'{}'"),
     expected_version: default!(Option<i64>, "NULL"),
     event_id: default!(Option<PgUuid>, "NULL"),
-) -> Result<pgrx::composite_type!('static, "eventstore.appended"), ErrorReport> {
+) -> Result<AppendedRow, ErrorReport> {
     let stream = super::stream(aggregate_type, aggregate_id)?;
     let event_type = input::name("event_type", event_type)?;
     let (payload, _) = object("payload", payload)?;
@@ -37,7 +36,7 @@ fn append_event(
     check_schema(&stream.tenant, &mut event, "payload", || payload.to_json())?;
     let body = Body::One { payload, metadata };
     let mut rows = append(&stream, std::slice::from_ref(&event), body, expected)?;
-    Ok(rows.pop().expect("one event appended"))
+    Ok(AppendedRow(rows.pop().expect("one event appended")))
 }
 
 /// Appends a batch to one stream, all or nothing, with consecutive versions.
@@ -48,8 +47,9 @@ fn append_events(
     aggregate_id: Option<&str>,
     events: Option<RawJsonb>,
     expected_version: default!(Option<i64>, "NULL"),
-) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "eventstore.appended")>, ErrorReport> {
+) -> Result<SetOfIterator<'static, AppendedRow>, ErrorReport> {
     let stream = super::stream(aggregate_type, aggregate_id)?;
+    let events = events.map(RawJsonb::detoasted);
     let parsed = events.map(RawJsonb::to_json);
     let mut batch = input::batch(parsed.as_ref())?;
     for (i, event) in batch.iter_mut().enumerate() {
@@ -57,8 +57,8 @@ fn append_events(
         check_schema(&stream.tenant, event, &format!("events[{i}].payload"), payload)?;
     }
     let expected = input::expected_version(expected_version)?;
-    let rows: Vec<Row> = append(&stream, &batch, Body::Batch(events.expect("checked above")), expected)?;
-    Ok(SetOfIterator::new(rows))
+    let rows = append(&stream, &batch, Body::Batch(events.expect("checked above")), expected)?;
+    Ok(SetOfIterator::new(rows.into_iter().map(AppendedRow)))
 }
 
 /// A jsonb argument that must be an object: returns it and its number of keys, or a 22023 that

@@ -2,6 +2,7 @@
 
 use pgrx::prelude::*;
 
+use crate::datum::{EventRow, FeedRow};
 use crate::error::Error;
 use pgrx::pg_sys::panic::ErrorReport;
 use crate::feed::Cursor;
@@ -15,7 +16,7 @@ fn read_stream(
     aggregate_id: Option<&str>,
     from_version: default!(Option<i64>, 1),
     max_count: default!(Option<i32>, 1000),
-) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "eventstore.event")>, ErrorReport> {
+) -> Result<SetOfIterator<'static, EventRow>, ErrorReport> {
     let stream = super::stream(aggregate_type, aggregate_id)?;
     let from_version = match from_version {
         Some(v) if v >= 1 => v,
@@ -26,7 +27,7 @@ fn read_stream(
         }
     };
     let max_count = input::max_count(max_count)?;
-    Ok(SetOfIterator::new(store::read::read_stream(&stream, from_version, max_count)?))
+    Ok(SetOfIterator::new(store::read::read_stream(&stream, from_version, max_count)?.into_iter().map(EventRow)))
 }
 
 /// The stream's current version; 0 when it does not exist or is deleted.
@@ -46,9 +47,10 @@ fn read_all(
     max_count: default!(Option<i32>, 1000),
     event_types: default!(Option<Vec<String>>, "NULL"),
     aggregate_types: default!(Option<Vec<String>>, "NULL"),
-) -> Result<SetOfIterator<'static, pgrx::composite_type!('static, "eventstore.feed_event")>, ErrorReport> {
+) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
     let after = Cursor::after(after)?;
     let max_count = input::max_count(max_count)?;
     let tenant = tenant::current()?;
-    Ok(SetOfIterator::new(store::read::read_all(&tenant, after, max_count, event_types, aggregate_types)?))
+    let rows = store::read::read_all(&tenant, after, max_count, event_types, aggregate_types)?;
+    Ok(SetOfIterator::new(rows.into_iter().map(FeedRow)))
 }

@@ -8,9 +8,7 @@ use pgrx::spi::SpiClient;
 use pgrx::Uuid as PgUuid;
 
 use super::plans::{Statement, run};
-use pgrx::memcxt::PgMemoryContexts;
-
-use super::{Row, Stream, caller_context, composites_in, state};
+use super::{Row, Stream, caller_context, composites_in, copy_composite, state};
 use crate::datum::RawJsonb;
 use crate::error::{Error, Kind, Result};
 use crate::input::NewEvent;
@@ -98,20 +96,22 @@ static INSERT_ONE: Statement = Statement {
 };
 
 /// A batch: ids, types and lifted metadata come as arrays from the validation; payloads and
-/// metadata are taken straight from the caller's JSON array.
+/// metadata are taken straight from the caller's JSON array, walked once in step with them.
 static INSERT_MANY: Statement = Statement {
     sql: "INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
               aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
               correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
           SELECT nextval('eventstore.events_global_position_seq'), u.event_id, $1, $2, $3,
-              $4 + u.n - 1, u.event_type, u.schema_version, $5 -> (u.n::int - 1) -> 'payload',
-              coalesce(nullif($5 -> (u.n::int - 1) -> 'metadata', 'null'), '{}'),
+              $4 + u.n - 1, u.event_type, u.schema_version, u.x -> 'payload',
+              coalesce(nullif(u.x -> 'metadata', 'null'), '{}'),
               u.correlation_id, u.causation_id, u.actor,
               coalesce(u.occurred_at::timestamptz, statement_timestamp()), statement_timestamp(),
               pg_current_xact_id()
-          FROM unnest($6::uuid[], $7::text[], $8::int[], $9::uuid[], $10::uuid[], $11::text[], $12::text[])
-               WITH ORDINALITY AS u(event_id, event_type, schema_version, correlation_id, causation_id,
-                                    actor, occurred_at, n)
+          FROM ROWS FROM (jsonb_array_elements($5), unnest($6::uuid[]), unnest($7::text[]),
+                          unnest($8::int[]), unnest($9::uuid[]), unnest($10::uuid[]),
+                          unnest($11::text[]), unnest($12::text[]))
+               WITH ORDINALITY AS u(x, event_id, event_type, schema_version, correlation_id,
+                                    causation_id, actor, occurred_at, n)
           RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended",
     args: &[
         TEXTOID, TEXTOID, TEXTOID, INT8OID, JSONBOID, UUIDARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
@@ -223,10 +223,7 @@ fn already_appended(
         let id: String = row.get(1)?.unwrap_or_default();
         let same_stream: bool = row.get(2)?.unwrap_or(false);
         let version: i64 = row.get(3)?.unwrap_or(0);
-        let datum = table.get_datum_by_ordinal(4)?;
-        let appended = datum.and_then(|d| unsafe {
-            Row::from_datum_in_memory_context(PgMemoryContexts::For(context), d, false, pg_sys::InvalidOid)
-        });
+        let appended = table.get_datum_by_ordinal(4)?.map(|d| copy_composite(context, d));
         found.insert(id, (same_stream, version, appended));
     }
     let mut original = Vec::with_capacity(events.len());

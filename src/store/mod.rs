@@ -12,16 +12,17 @@ pub mod read;
 pub mod redact;
 pub mod state;
 
-use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::memcxt::PgMemoryContexts;
+use pgrx::pg_sys;
 use pgrx::spi::SpiTupleTable;
-use pgrx::{AllocatedByRust, FromDatum, pg_sys};
 
 use crate::error::{Error, Kind, Result};
 
-/// A composite row (eventstore.appended, eventstore.event, eventstore.feed_event) copied out of
-/// SPI's memory, ready to be returned.
-pub type Row = PgHeapTuple<'static, AllocatedByRust>;
+/// A composite row (eventstore.appended, eventstore.event, eventstore.feed_event) as a datum
+/// copied out of SPI's memory, ready to be returned. Plain datums, not `PgHeapTuple`s: each of
+/// those holds a tuple descriptor reference in the resource owner, and thousands of them make
+/// every further reference slower.
+pub type Row = pg_sys::Datum;
 
 /// The memory context a #[pg_extern] was called in: what it returns must live there, not in
 /// SPI's context (freed when SPI finishes) nor in the transaction's (which would grow with
@@ -30,14 +31,22 @@ pub fn caller_context() -> pg_sys::MemoryContext {
     PgMemoryContexts::CurrentMemoryContext.value()
 }
 
+/// Copies a composite datum into `context`.
+pub fn copy_composite(context: pg_sys::MemoryContext, datum: pg_sys::Datum) -> Row {
+    // a composite datum is a plain varlena: its detoasted copy is a copy
+    unsafe {
+        PgMemoryContexts::For(context)
+            .switch_to(|_| pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(datum.cast_mut_ptr())))
+    }
+}
+
 /// Copies the composite in column `ordinal` of every row of an SPI result into `context`.
 pub fn composites_in(context: pg_sys::MemoryContext, mut table: SpiTupleTable<'_>, ordinal: usize) -> Result<Vec<Row>> {
-    let null = || Error::new(Kind::Internal, "eventstore internal error: a null row");
     let mut rows = Vec::with_capacity(table.len());
     while table.next().is_some() {
-        let datum = table.get_datum_by_ordinal(ordinal)?.ok_or_else(null)?;
-        let row = unsafe { Row::from_datum_in_memory_context(PgMemoryContexts::For(context), datum, false, pg_sys::InvalidOid) };
-        rows.push(row.ok_or_else(null)?);
+        let datum = table.get_datum_by_ordinal(ordinal)?;
+        let datum = datum.ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: a null row"))?;
+        rows.push(copy_composite(context, datum));
     }
     Ok(rows)
 }

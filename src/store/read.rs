@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 use pgrx::JsonB;
 use pgrx::datum::TimestampWithTimeZone;
+use pgrx::heap_tuple::PgHeapTuple;
 
 use super::definitions;
 use super::plans::{Statement, run};
@@ -72,8 +73,9 @@ fn upcast_rows(tenant: &str, rows: &mut [Row]) -> Result<()> {
     Ok(())
 }
 
-fn upcast_row(tenant: &str, row: &mut Row) -> Result<()> {
+fn upcast_row(tenant: &str, datum: &mut Row) -> Result<()> {
     let bug = |e: &dyn std::fmt::Display| Error::new(Kind::Internal, format!("eventstore internal error: {e}"));
+    let mut row = unsafe { PgHeapTuple::from_composite_datum(*datum) };
     let redacted: Option<TimestampWithTimeZone> = row.get_by_name("redacted_at").map_err(|e| bug(&e))?;
     let event_type: Option<String> = row.get_by_name("event_type").map_err(|e| bug(&e))?;
     let (Some(event_type), None) = (event_type, redacted) else { return Ok(()) };
@@ -86,6 +88,7 @@ fn upcast_row(tenant: &str, row: &mut Row) -> Result<()> {
     let reached = chain.upcast(version, &mut payload);
     row.set_by_name("payload", JsonB(payload)).map_err(|e| bug(&e))?;
     row.set_by_name("schema_version", reached).map_err(|e| bug(&e))?;
+    *datum = row.into_composite_datum().ok_or_else(|| bug(&"an upcast row without a datum"))?;
     Ok(())
 }
 

@@ -5,13 +5,14 @@ use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgOid};
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::{AllocatedByRust, JsonB, PgOid};
 use serde_json::Value;
 
 use super::caller::as_caller;
 use super::definitions::{self, Aggregate, Reducer};
 use super::plans::{Statement, run, run_dynamic};
-use super::{Row, Stream};
+use super::Stream;
 use crate::error::{Error, Kind, Result};
 use crate::json::default_reduce;
 
@@ -181,7 +182,8 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
             None => default_reduce(state, &payload),
             Some(Reducer::Rule(program)) => program.apply(state, &payload),
             Some(Reducer::Handler(handler)) => {
-                let mut event: Row = row.get(7)?.ok_or_else(|| internal("replay row without event"))?;
+                let mut event: PgHeapTuple<'_, AllocatedByRust> =
+                    row.get(7)?.ok_or_else(|| internal("replay row without event"))?;
                 if upcast_to != schema_version {
                     event.set_by_name("payload", JsonB(payload)).map_err(|e| internal(&e.to_string()))?;
                     event.set_by_name("schema_version", upcast_to).map_err(|e| internal(&e.to_string()))?;
@@ -204,7 +206,12 @@ pub fn upcast(tenant: &str, event_type: &str, schema_version: i32, payload: &mut
     Ok(if chain.is_empty() { schema_version } else { chain.upcast(schema_version, payload) })
 }
 
-fn call_handler(client: &SpiClient<'_>, handler: &str, state: Option<Value>, event: Row) -> Result<Option<Value>> {
+fn call_handler(
+    client: &SpiClient<'_>,
+    handler: &str,
+    state: Option<Value>,
+    event: PgHeapTuple<'_, AllocatedByRust>,
+) -> Result<Option<Value>> {
     let sql = format!("SELECT {handler}($1::jsonb, $2::eventstore.event)");
     let event_type = event_type_oid(client)?;
     as_caller(|| {
