@@ -6,11 +6,14 @@ use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::heap_tuple::PgHeapTuple;
-use pgrx::{AllocatedByRust, JsonB, PgOid};
+use pgrx::{AllocatedByRust, FromDatum, JsonB, PgOid};
 use serde_json::Value;
 
 use super::caller::as_caller;
-use super::definitions::{self, Aggregate, Reducer};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::definitions::{self, Aggregate, Reducer, Upcasters};
 use super::plans::{Statement, run, run_dynamic};
 use super::Stream;
 use crate::error::{Error, Kind, Result};
@@ -170,15 +173,26 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
     let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(_)));
     let [t, a, i] = key(stream);
     let events = run(client, if with_rows { &REPLAY_ROWS } else { &REPLAY }, &[t, a, i, from.into(), version.into()])?;
+    let upcasting = definitions::tenant_upcasts(&stream.tenant)?;
+    let mut chains: HashMap<String, Rc<Upcasters>> = HashMap::new();
     let mut updated_at = None;
-    for row in events {
-        let event_type: String = row.get(2)?.ok_or_else(|| internal("event without a type"))?;
+    let mut events = events;
+    while let Some(row) = events.next() {
+        // text and jsonb straight from the tuple: `get` would copy them into the transaction's
+        // memory for every event replayed
+        let (event_type, payload) = (events.get_datum_by_ordinal(2)?, events.get_datum_by_ordinal(4)?);
+        let event_type: &str = event_type.and_then(|d| unsafe { <&str>::from_datum(d, false) }).ok_or_else(|| internal("event without a type"))?;
+        let mut payload: Value = payload.and_then(|d| unsafe { JsonB::from_datum(d, false) }).map_or(Value::Null, |p| p.0);
         let schema_version: i32 = row.get(3)?.unwrap_or(1);
-        let mut payload: Value = row.get::<JsonB>(4)?.map(|p| p.0).unwrap_or(Value::Null);
         updated_at = row.get::<TimestampWithTimeZone>(5)?;
-        let redacted = row.get::<bool>(6)?.unwrap_or(false);
-        let upcast_to = if redacted { schema_version } else { upcast(&stream.tenant, &event_type, schema_version, &mut payload)? };
-        state = match aggregate.reducers.get(&event_type) {
+        let mut upcast_to = schema_version;
+        if upcasting && !row.get::<bool>(6)?.unwrap_or(false) {
+            if !chains.contains_key(event_type) {
+                chains.insert(event_type.to_owned(), definitions::upcasters(&stream.tenant, event_type)?);
+            }
+            upcast_to = chains[event_type].upcast(schema_version, &mut payload);
+        }
+        state = match aggregate.reducers.get(event_type) {
             None => default_reduce(state, &payload),
             Some(Reducer::Rule(program)) => program.apply(state, &payload),
             Some(Reducer::Handler(handler)) => {
@@ -198,12 +212,6 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
         updated_at = run(client, &RECORDED_AT, &[t, a, i, version.into()])?.first().get_one()?;
     }
     Ok(State { version, state, updated_at, snapshot_version })
-}
-
-/// Upcasts a payload through its event type's chain; returns the schema version reached.
-pub fn upcast(tenant: &str, event_type: &str, schema_version: i32, payload: &mut Value) -> Result<i32> {
-    let chain = definitions::upcasters(tenant, event_type)?;
-    Ok(if chain.is_empty() { schema_version } else { chain.upcast(schema_version, payload) })
 }
 
 fn call_handler(
