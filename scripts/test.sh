@@ -41,7 +41,10 @@ layer pg_test 'test result: .* [0-9]+ passed;' '[0-9]+ failed;' \
 
 # The layers below use the release build, installed into Debian's PostgreSQL 15.
 install_extension || exit 1
-cluster_start "$TEST_DIR" "$TEST_PORT" || exit 1
+# the worker serves the database the worker tests use
+rm -rf "$TEST_DIR"
+cluster_start "$TEST_DIR" "$TEST_PORT" \
+  "eventstore.database = 'eventstore_worker_test'" "eventstore.worker_poll_interval = 50" || exit 1
 trap 'cluster_stop "$TEST_DIR"; rm -rf "$OUT"' EXIT
 
 layer regress 'All [0-9]+ tests passed' '[0-9]+ of ' \

@@ -7,7 +7,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['streams', 'events', 'aggregates', 'reducers', 'snapshots',
-                             'event_schemas', 'upcasters', 'redactions']
+                             'event_schemas', 'upcasters', 'redactions', 'subscriptions',
+                             'projections', 'parked_events']
     LOOP
         EXECUTE format('ALTER TABLE eventstore.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE eventstore.%I FORCE ROW LEVEL SECURITY', t);
@@ -23,12 +24,15 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
     SELECT CASE access
         WHEN 'reader' THEN ARRAY[
             'current_tenant', 'read_stream', 'stream_version', 'read_all', 'feed_lag',
-            'get_event_store_stats', 'get_aggregate_state']
+            'get_event_store_stats', 'get_aggregate_state', 'create_subscription',
+            'poll_subscription', 'ack_subscription', 'drop_subscription', 'projection_status',
+            'worker_status']
         WHEN 'writer' THEN ARRAY[
             'append_event', 'append_events', 'create_snapshot']
         WHEN 'admin' THEN ARRAY[
             'delete_stream', 'grant_access', 'define_aggregate', 'define_reducer',
-            'register_event_schema', 'register_upcaster', 'redact_event', 'redact_subject']
+            'register_event_schema', 'register_upcaster', 'redact_event', 'redact_subject',
+            'register_projection', 'rebuild_projection', 'replay_parked_events']
     END
 $$;
 

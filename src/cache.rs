@@ -12,7 +12,8 @@ use pgrx::pg_sys;
 use crate::error::Result;
 
 /// The definition tables whose changes invalidate the caches.
-const WATCHED_TABLES: [&std::ffi::CStr; 4] = [c"aggregates", c"reducers", c"event_schemas", c"upcasters"];
+const WATCHED_TABLES: [&std::ffi::CStr; 5] =
+    [c"aggregates", c"reducers", c"event_schemas", c"upcasters", c"projections"];
 
 thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };

@@ -23,6 +23,21 @@ pub static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Superuser-only, so no application role can set it.
 pub static REDACTING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `eventstore.database`: the database(s) the background worker serves, comma-separated
+/// (default `postgres`). Read at server start.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `eventstore.worker_poll_interval`: how long the worker sleeps when there is nothing to do,
+/// in milliseconds.
+pub static WORKER_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(200);
+
+/// `eventstore.worker_batch_size`: events one projection applies in one transaction.
+pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+
+/// `eventstore.projection_max_attempts`: failures of one event before an async projection
+/// parks it and goes on.
+pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"eventstore.tenant_id",
@@ -56,6 +71,44 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
     );
+    GucRegistry::define_string_guc(
+        c"eventstore.database",
+        c"Database(s) the eventstore background worker serves, comma-separated.",
+        c"Read at server start; one worker runs per database.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.worker_poll_interval",
+        c"How long the eventstore worker sleeps when idle.",
+        c"",
+        &WORKER_POLL_INTERVAL,
+        10,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.worker_batch_size",
+        c"Events one projection applies in one worker transaction.",
+        c"",
+        &WORKER_BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.projection_max_attempts",
+        c"Failures of one event before an async projection parks it and goes on.",
+        c"",
+        &PROJECTION_MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     reserve_prefix(c"eventstore");
 }
 
@@ -83,4 +136,14 @@ pub fn by_name(name: &CStr) -> Option<String> {
     }
     let value = unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned();
     (!value.is_empty()).then_some(value)
+}
+
+/// The databases the worker serves, from `eventstore.database`.
+pub fn databases() -> Vec<String> {
+    string(&DATABASE)
+        .unwrap_or_default()
+        .split(',')
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .collect()
 }

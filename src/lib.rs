@@ -13,8 +13,10 @@ mod feed;
 mod guc;
 mod input;
 mod json;
+mod notify;
 mod store;
 mod tenant;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -24,12 +26,14 @@ mod tests;
 // Tables, types, indexes and triggers first; RLS, policies and grants once every function exists.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/state.sql", name = "state", requires = ["schema"]);
+extension_sql_file!("../sql/downstream.sql", name = "downstream", requires = ["schema"]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     cache::init();
+    worker::init();
 }
 
 /// Hooks for `cargo pgrx test`.

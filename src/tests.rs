@@ -60,7 +60,9 @@ mod tests {
     }
 
     #[pg_test]
-    fn a_full_batch_gets_consecutive_versions_and_positions() {
+    fn a_full_batch_gets_consecutive_versions_and_increasing_positions() {
+        // positions only increase with the version: tests running beside this one draw from the
+        // same sequence
         let sql = "SELECT count(*) FROM eventstore.append_events('big', '1',
                      (SELECT jsonb_agg(jsonb_build_object('event_type', 'n', 'payload', jsonb_build_object('i', i)))
                       FROM generate_series(1, 10000) i))";
@@ -69,7 +71,7 @@ mod tests {
         let gaps = "SELECT count(*) FROM (SELECT aggregate_version - lag(aggregate_version) OVER w AS dv,
                                                  global_position - lag(global_position) OVER w AS dp
                                           FROM eventstore.events WHERE aggregate_id = '1' AND aggregate_type = 'big'
-                                          WINDOW w AS (ORDER BY aggregate_version)) t WHERE dv <> 1 OR dp <> 1";
+                                          WINDOW w AS (ORDER BY aggregate_version)) t WHERE dv <> 1 OR dp < 1";
         assert_eq!(one::<i64>(gaps), 0);
         assert_eq!(one::<i64>("SELECT count(*) FROM eventstore.events WHERE aggregate_type = 'big' AND (payload->>'i')::bigint = aggregate_version"), 10_000);
     }

@@ -5,8 +5,10 @@ pub mod admin;
 pub mod append;
 pub mod evolution;
 pub mod gdpr;
+pub mod projections;
 pub mod read;
 pub mod state;
+pub mod subscriptions;
 
 use crate::error::Result;
 use crate::store::Stream;

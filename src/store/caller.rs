@@ -1,21 +1,25 @@
 //! User code (reducer handlers, projection and API handlers) runs as the role that called the
-//! extension, not as the extension's owner: the SECURITY DEFINER functions switch back to the
-//! outer role around it, so a handler can do no more than its caller could.
+//! extension, or in the worker as the role that registered it, never as the extension's owner:
+//! a handler can do no more than that role could.
 
 use std::panic::AssertUnwindSafe;
 
 use pgrx::PgTryBuilder;
 use pgrx::pg_sys;
 
-/// Runs `f` as the role that was current outside the SECURITY DEFINER function.
-pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
-    let (mut owner, mut context) = (pg_sys::InvalidOid, 0);
+/// Runs `f` as `role`, restoring the current role afterwards, error or not.
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let (mut current, mut context) = (pg_sys::InvalidOid, 0);
     unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut owner, &mut context);
-        let caller = pg_sys::GetOuterUserId();
-        pg_sys::SetUserIdAndSecContext(caller, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::GetUserIdAndSecContext(&mut current, &mut context);
+        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
     PgTryBuilder::new(AssertUnwindSafe(f))
-        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(owner, context) })
+        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(current, context) })
         .execute()
+}
+
+/// Runs `f` as the role that was current outside the SECURITY DEFINER function.
+pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
+    as_role(unsafe { pg_sys::GetOuterUserId() }, f)
 }

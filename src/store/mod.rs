@@ -8,9 +8,11 @@ pub mod define;
 pub mod definitions;
 pub mod append;
 pub mod plans;
+pub mod projections;
 pub mod read;
 pub mod redact;
 pub mod state;
+pub mod subscriptions;
 
 use pgrx::memcxt::PgMemoryContexts;
 use pgrx::pg_sys;

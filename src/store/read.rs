@@ -64,7 +64,7 @@ static READ_ALL: Statement = Statement {
 
 /// Upcasts rows read for a tenant that has upcasters (stored rows never change). Runs outside
 /// SPI, in the caller's memory context, where the rows live.
-fn upcast_rows(tenant: &str, rows: &mut [Row]) -> Result<()> {
+pub fn upcast_rows(tenant: &str, rows: &mut [Row]) -> Result<()> {
     if definitions::tenant_upcasts(tenant)? {
         for row in rows {
             upcast_row(tenant, row)?;
@@ -142,4 +142,13 @@ pub fn read_all(
     })?;
     upcast_rows(tenant, &mut rows)?;
     Ok(rows)
+}
+
+/// The cursor of a feed row (an `eventstore.feed_event` datum).
+pub fn cursor_of(row: Row) -> Result<Cursor> {
+    let row = unsafe { PgHeapTuple::from_composite_datum(row) };
+    let cursor: Option<String> = row
+        .get_by_name("cursor")
+        .map_err(|e| Error::new(Kind::Internal, format!("eventstore internal error: {e}")))?;
+    Cursor::parse(&cursor.unwrap_or_default())
 }

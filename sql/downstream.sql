@@ -1,0 +1,52 @@
+-- eventstore: subscriptions and projections (design.md §5.1, §5.2).
+-- Checkpoints are feed cursors, kept as (transaction id, position) so they compare as rows.
+
+CREATE TABLE eventstore.subscriptions (
+    tenant_id            text        NOT NULL,
+    name                 text        NOT NULL,
+    event_types          text[],
+    aggregate_types      text[],
+    checkpoint_xid       xid8        NOT NULL DEFAULT '0',
+    checkpoint_position  bigint      NOT NULL DEFAULT 0,
+    created_at           timestamptz NOT NULL DEFAULT statement_timestamp(),
+    updated_at           timestamptz NOT NULL DEFAULT statement_timestamp(),
+    PRIMARY KEY (tenant_id, name)
+);
+
+CREATE TABLE eventstore.projections (
+    tenant_id            text         NOT NULL,
+    name                 text         NOT NULL,
+    handler              regprocedure NOT NULL,
+    reset_handler        regprocedure,
+    event_types          text[],
+    mode                 text         NOT NULL CHECK (mode IN ('async', 'inline')),
+    -- async handlers run in the worker as this role (the one that registered the projection)
+    run_as               oid          NOT NULL,
+    checkpoint_xid       xid8         NOT NULL DEFAULT '0',
+    checkpoint_position  bigint       NOT NULL DEFAULT 0,
+    events_applied       bigint       NOT NULL DEFAULT 0,
+    -- the event that keeps failing, how often it failed, and why
+    failing_event_id     uuid,
+    attempts             int          NOT NULL DEFAULT 0,
+    last_error           text,
+    last_error_at        timestamptz,
+    created_at           timestamptz  NOT NULL DEFAULT statement_timestamp(),
+    updated_at           timestamptz  NOT NULL DEFAULT statement_timestamp(),
+    PRIMARY KEY (tenant_id, name)
+);
+
+-- Events an async projection gave up on after eventstore.projection_max_attempts failures.
+CREATE TABLE eventstore.parked_events (
+    tenant_id            text         NOT NULL,
+    projection           text         NOT NULL,
+    event_id             uuid         NOT NULL,
+    global_position      bigint       NOT NULL,
+    error                text         NOT NULL,
+    attempts             int          NOT NULL,
+    parked_at            timestamptz  NOT NULL DEFAULT statement_timestamp(),
+    PRIMARY KEY (tenant_id, projection, event_id)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('eventstore.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.projections', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.parked_events', '');

@@ -1,0 +1,127 @@
+//! register_projection, rebuild_projection, projection_status, replay_parked_events,
+//! worker_status (design.md §5.2).
+
+use pgrx::JsonB;
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use crate::datum::RegProcedure;
+use crate::error::Error;
+use crate::store::projections::{self, Mode};
+use crate::worker::{self, status};
+use crate::{input, tenant};
+
+/// A read model kept by `handler(event eventstore.event)`: 'inline' runs it inside every
+/// appending transaction, 'async' in the background worker. `reset` (no arguments) is called
+/// by rebuild_projection to clear the handler's tables.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn register_projection(
+    name: Option<&str>,
+    handler: Option<RegProcedure>,
+    event_types: default!(Option<Vec<String>>, "NULL"),
+    mode: default!(Option<&str>, "'async'"),
+    reset: default!(Option<RegProcedure>, "NULL"),
+) -> Result<(), ErrorReport> {
+    let name = input::name("name", name)?;
+    let handler = handler.ok_or_else(|| Error::invalid("handler must not be null"))?;
+    let mode = match mode {
+        Some("async") => {
+            worker::require()?;
+            Mode::Async
+        }
+        Some("inline") => Mode::Inline,
+        other => {
+            return Err(Error::invalid("mode must be 'async' or 'inline'")
+                .detail(format!("mode is {}", other.map_or("null".into(), |m| format!("'{m}'"))))
+                .into());
+        }
+    };
+    projections::register(&tenant::current()?, &name, handler, reset, event_types, mode)?;
+    Ok(())
+}
+
+/// Replays a projection from the beginning into a clean slate; returns the events replayed
+/// now (inline), or 0 when the worker replays it (async).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn rebuild_projection(name: Option<&str>) -> Result<i64, ErrorReport> {
+    let name = input::name("name", name)?;
+    Ok(projections::rebuild(&tenant::current()?, &name)?)
+}
+
+/// Runs a projection's handler again for the events it parked; returns how many.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn replay_parked_events(name: Option<&str>) -> Result<i64, ErrorReport> {
+    let name = input::name("name", name)?;
+    let tenant = tenant::current()?;
+    if !projections::exists(&tenant, &name)? {
+        return Err(projections::not_found(&name).into());
+    }
+    Ok(projections::replay_parked(&tenant, &name)?)
+}
+
+/// Every projection of the current tenant: where it is, how far behind, what failed.
+#[pg_extern(stable, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn projection_status() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(name, String),
+            name!(mode, String),
+            name!(position, String),
+            name!(lag, i64),
+            name!(events_applied, i64),
+            name!(attempts, i32),
+            name!(last_error, Option<String>),
+            name!(last_error_at, Option<TimestampWithTimeZone>),
+            name!(parked, i64),
+            name!(updated_at, Option<TimestampWithTimeZone>),
+        ),
+    >,
+    ErrorReport,
+> {
+    Ok(TableIterator::new(projections::status(&tenant::current()?)?))
+}
+
+/// What the background worker serving this database is doing.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn worker_status() -> Result<JsonB, ErrorReport> {
+    let database = worker::current_database();
+    let configured = worker::preloaded();
+    let mut out = serde_json::json!({
+        "preloaded": configured,
+        "database": database,
+        "served": configured && crate::guc::databases().contains(&database),
+    });
+    if configured {
+        if let Some(slot) = status::of(&database) {
+            let ts = |t: i64| (t != 0).then(|| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) }).flatten();
+            let alive = slot.pid != 0 && unsafe { libc_kill(slot.pid) };
+            out["pid"] = serde_json::json!(slot.pid);
+            out["running"] = serde_json::json!(alive);
+            out["started_at"] = serde_json::json!(ts(slot.started_at).map(|t| t.to_string()));
+            out["last_run_at"] = serde_json::json!(ts(slot.last_run_at).map(|t| t.to_string()));
+            out["runs"] = serde_json::json!(slot.runs);
+            out["events_applied"] = serde_json::json!(slot.events_applied);
+            out["errors"] = serde_json::json!(slot.errors);
+            out["last_error"] = serde_json::json!(Some(status::text(&slot.last_error)).filter(|e| !e.is_empty()));
+            out["last_error_at"] = serde_json::json!(ts(slot.last_error_at).map(|t| t.to_string()));
+        }
+    }
+    let backlog: i64 = projections::status(&tenant::current()?)?.iter().filter(|p| p.1 == "async").map(|p| p.3).sum();
+    out["backlog"] = serde_json::json!(backlog);
+    Ok(JsonB(out))
+}
+
+/// Whether a process with this pid exists (signal 0).
+unsafe fn libc_kill(pid: i32) -> bool {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    unsafe { kill(pid, 0) == 0 }
+}

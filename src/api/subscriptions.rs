@@ -1,0 +1,64 @@
+//! create_subscription, poll_subscription, ack_subscription, drop_subscription (design.md §5.1).
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use crate::datum::FeedRow;
+use crate::error::Error;
+use crate::feed::Cursor;
+use crate::store::subscriptions;
+use crate::{input, tenant};
+
+/// A named consumer of the feed with its checkpoint kept in the database; starts at the
+/// beginning of the feed or at its current end. Returns the starting cursor.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_subscription(
+    name: Option<&str>,
+    event_types: default!(Option<Vec<String>>, "NULL"),
+    aggregate_types: default!(Option<Vec<String>>, "NULL"),
+    start_from: default!(Option<&str>, "'beginning'"),
+) -> Result<String, ErrorReport> {
+    let name = input::name("name", name)?;
+    let from_end = match start_from {
+        Some("beginning") => false,
+        Some("end") => true,
+        other => {
+            return Err(Error::invalid("start_from must be 'beginning' or 'end'")
+                .detail(format!("start_from is {}", other.map_or("null".into(), |s| format!("'{s}'"))))
+                .into());
+        }
+    };
+    Ok(subscriptions::create(&tenant::current()?, &name, event_types, aggregate_types, from_end)?)
+}
+
+/// The next events after the subscription's checkpoint (which polling does not move).
+#[pg_extern(stable, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn poll_subscription(
+    name: Option<&str>,
+    max_count: default!(Option<i32>, 100),
+) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
+    let name = input::name("name", name)?;
+    let max_count = input::max_count(max_count)?;
+    let rows = subscriptions::poll(&tenant::current()?, &name, max_count)?;
+    Ok(SetOfIterator::new(rows.into_iter().map(FeedRow)))
+}
+
+/// Moves the checkpoint to `cursor` (the cursor of the last event handled); never backwards.
+/// Returns whether it moved.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn ack_subscription(name: Option<&str>, cursor: Option<&str>) -> Result<bool, ErrorReport> {
+    let name = input::name("name", name)?;
+    let cursor = Cursor::parse(cursor.ok_or_else(|| Error::invalid("cursor must not be null"))?)?;
+    Ok(subscriptions::ack(&tenant::current()?, &name, cursor)?)
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn drop_subscription(name: Option<&str>) -> Result<(), ErrorReport> {
+    let name = input::name("name", name)?;
+    subscriptions::drop(&tenant::current()?, &name)?;
+    Ok(())
+}

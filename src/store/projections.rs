@@ -1,0 +1,411 @@
+//! Projections (design.md §5.2): read models kept by user handlers `(event eventstore.event)`.
+//! Inline ones run inside the appending transaction; async ones run in the background worker,
+//! where the handler's writes and the checkpoint commit in one transaction.
+
+use std::rc::Rc;
+
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::PgOid;
+
+use super::caller::as_caller;
+use super::plans::{Statement, run, run_dynamic};
+use super::{Row, Stream, caller_context};
+use crate::cache::Memo;
+use crate::datum::RegProcedure;
+use crate::error::{Error, Kind, Result};
+use crate::feed::Cursor;
+
+/// An inline projection of a tenant, as the append path needs it.
+pub struct Inline {
+    pub call: String,
+    pub event_types: Option<Vec<String>>,
+}
+
+static INLINE: Statement = Statement {
+    sql: "SELECT p.handler::regproc::text, p.event_types FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.mode = 'inline' ORDER BY p.name",
+    args: &[TEXTOID],
+    volatile: false,
+};
+
+/// Why a function cannot be a projection handler (or a reset function), or NULL when it can.
+static HANDLER_PROBLEM: Statement = Statement {
+    sql: "SELECT CASE
+                   WHEN p.prokind <> 'f' THEN 'is not a plain function'
+                   WHEN p.proretset THEN 'returns a set'
+                   WHEN $2 AND (p.pronargs <> 1 OR p.proargtypes[0] <> 'eventstore.event'::regtype)
+                     THEN 'takes (' || pg_get_function_identity_arguments(p.oid) || ')'
+                   WHEN NOT $2 AND p.pronargs <> 0
+                     THEN 'takes (' || pg_get_function_identity_arguments(p.oid) || ')'
+                 END,
+                 p.oid::regprocedure::text
+          FROM pg_proc p WHERE p.oid = $1",
+    args: &[OIDOID, BOOLOID],
+    volatile: false,
+};
+
+static UPSERT: Statement = Statement {
+    sql: "INSERT INTO eventstore.projections AS p (tenant_id, name, handler, reset_handler, event_types, mode, run_as)
+          VALUES ($1, $2, $3, $4, $5, $6, $7)
+          ON CONFLICT (tenant_id, name) DO UPDATE
+             SET handler = excluded.handler, reset_handler = excluded.reset_handler,
+                 event_types = excluded.event_types, mode = excluded.mode, run_as = excluded.run_as,
+                 updated_at = statement_timestamp()",
+    args: &[TEXTOID, TEXTOID, REGPROCEDUREOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTOID, OIDOID],
+    volatile: true,
+};
+
+static GET: Statement = Statement {
+    sql: "SELECT p.mode, p.reset_handler::regproc::text FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.name = $2 FOR UPDATE",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+static RESTART: Statement = Statement {
+    sql: "UPDATE eventstore.projections p
+             SET checkpoint_xid = '0', checkpoint_position = 0, events_applied = 0,
+                 failing_event_id = NULL, attempts = 0, last_error = NULL, last_error_at = NULL,
+                 updated_at = statement_timestamp()
+           WHERE p.tenant_id = $1 AND p.name = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+static CLEAR_PARKED: Statement = Statement {
+    sql: "DELETE FROM eventstore.parked_events WHERE tenant_id = $1 AND projection = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+/// Events just appended to a stream, as handlers see them.
+static APPENDED: Statement = Statement {
+    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
+                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
+                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
+                     e.transaction_id, e.redacted_at)::eventstore.event, e.event_type
+          FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
+            AND e.aggregate_version BETWEEN $4 AND $5
+          ORDER BY e.aggregate_version",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
+    volatile: true,
+};
+
+thread_local! {
+    static INLINE_BY_TENANT: Memo<String, Vec<Inline>> = Memo::new();
+}
+
+fn inline(tenant: &str) -> Result<Rc<Vec<Inline>>> {
+    let key = tenant.to_owned();
+    INLINE_BY_TENANT.with(|memo| {
+        memo.get(&key, || {
+            Spi::connect(|client| {
+                let mut out = Vec::new();
+                for row in run(client, &INLINE, &[tenant.into()])? {
+                    out.push(Inline { call: row.get(1)?.unwrap_or_default(), event_types: row.get(2)? });
+                }
+                Ok(out)
+            })
+        })
+    })
+}
+
+pub fn not_found(name: &str) -> Error {
+    Error::new(Kind::NotFound, format!("projection \"{name}\" does not exist"))
+        .hint("Register it with eventstore.register_projection().")
+}
+
+/// Calls a handler with one event (a composite datum), as `f` arranges (caller or owner role).
+pub fn call(client: &SpiClient<'_>, handler: &str, event: pg_sys::Datum) -> Result<()> {
+    let sql = format!("SELECT {handler}($1::eventstore.event)");
+    let event_type = event_type_oid(client)?;
+    run_dynamic(client, &sql, &[PgOid::Custom(event_type)], &[unsafe {
+        pgrx::datum::DatumWithOid::new(event, event_type)
+    }])?;
+    Ok(())
+}
+
+/// Calls a handler with one feed row (an `eventstore.feed_event` datum) as the event it holds.
+pub fn call_feed(client: &SpiClient<'_>, handler: &str, row: pg_sys::Datum) -> Result<()> {
+    let sql = format!(
+        "SELECT {handler}(ROW(f.global_position, f.event_id, f.tenant_id, f.aggregate_type, f.aggregate_id,
+                 f.aggregate_version, f.event_type, f.schema_version, f.payload, f.metadata, f.correlation_id,
+                 f.causation_id, f.actor, f.occurred_at, f.recorded_at, f.transaction_id,
+                 f.redacted_at)::eventstore.event)
+         FROM (SELECT ($1::eventstore.feed_event).*) f"
+    );
+    static FEED_TYPE: Statement = Statement { sql: "SELECT 'eventstore.feed_event'::regtype::oid", args: &[], volatile: false };
+    let feed_type = run(client, &FEED_TYPE, &[])?
+        .first()
+        .get_one::<pg_sys::Oid>()?
+        .ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: no type eventstore.feed_event"))?;
+    run_dynamic(client, &sql, &[PgOid::Custom(feed_type)], &[unsafe { pgrx::datum::DatumWithOid::new(row, feed_type) }])?;
+    Ok(())
+}
+
+pub fn event_type_oid(client: &SpiClient<'_>) -> Result<pg_sys::Oid> {
+    static EVENT_TYPE: Statement = Statement { sql: "SELECT 'eventstore.event'::regtype::oid", args: &[], volatile: false };
+    run(client, &EVENT_TYPE, &[])?
+        .first()
+        .get_one::<pg_sys::Oid>()?
+        .ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: no type eventstore.event"))
+}
+
+/// Runs the tenant's inline projections for events `first..=last` just appended to `stream`.
+/// A failing handler fails the append with the handler's own error.
+pub fn run_inline(stream: &Stream, first: i64, last: i64) -> Result<()> {
+    let projections = inline(&stream.tenant)?;
+    if projections.is_empty() {
+        return Ok(());
+    }
+    let context = caller_context();
+    let (events, types) = Spi::connect(|client| {
+        let mut table = run(client, &APPENDED, &[
+            stream.tenant.as_str().into(),
+            stream.aggregate_type.as_str().into(),
+            stream.aggregate_id.as_str().into(),
+            first.into(),
+            last.into(),
+        ])?;
+        let (mut events, mut types) = (Vec::new(), Vec::new());
+        while let Some(row) = table.next() {
+            types.push(row.get::<String>(2)?.unwrap_or_default());
+            let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(Kind::Internal, "a null event"))?;
+            events.push(super::copy_composite(context, datum));
+        }
+        Ok::<_, Error>((events, types))
+    })?;
+    let mut events: Vec<Row> = events;
+    super::read::upcast_rows(&stream.tenant, &mut events)?;
+    Spi::connect(|client| {
+        for projection in projections.iter() {
+            for (event, event_type) in events.iter().zip(&types) {
+                if projection.event_types.as_ref().is_some_and(|t| !t.contains(event_type)) {
+                    continue;
+                }
+                as_caller(|| call(client, &projection.call, *event))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub enum Mode {
+    Async,
+    Inline,
+}
+
+pub fn register(
+    tenant: &str,
+    name: &str,
+    handler: RegProcedure,
+    reset: Option<RegProcedure>,
+    event_types: Option<Vec<String>>,
+    mode: Mode,
+) -> Result<()> {
+    Spi::connect(|client| {
+        check_handler(client, handler, true)?;
+        if let Some(reset) = reset {
+            check_handler(client, reset, false)?;
+        }
+        let run_as = unsafe { pg_sys::GetOuterUserId() };
+        run(client, &UPSERT, &[
+            tenant.into(),
+            name.into(),
+            handler.into(),
+            reset.into(),
+            event_types.into(),
+            match mode { Mode::Async => "async", Mode::Inline => "inline" }.into(),
+            run_as.into(),
+        ])?;
+        Ok::<_, Error>(())
+    })?;
+    crate::cache::invalidate(c"projections");
+    Ok(())
+}
+
+fn check_handler(client: &SpiClient<'_>, handler: RegProcedure, takes_event: bool) -> Result<()> {
+    let table = run(client, &HANDLER_PROBLEM, &[handler.0.into(), takes_event.into()])?;
+    if table.is_empty() {
+        return Err(Error::invalid("handler does not exist").detail(format!("no function with oid {}", handler.0)));
+    }
+    let row = table.first();
+    if let Some(problem) = row.get::<String>(1)? {
+        let name: String = row.get(2)?.unwrap_or_default();
+        let what = if takes_event { "a projection handler is a function (event eventstore.event)" } else { "a reset function takes no arguments" };
+        return Err(Error::invalid(format!("handler {name} {problem}")).hint(format!("{what}; its result is ignored.")));
+    }
+    Ok(())
+}
+
+/// Starts a projection over from a clean slate: the reset function (if any) runs, the checkpoint
+/// goes back to the start, parked events are forgotten. An inline projection replays the whole
+/// feed now, in this transaction; an async one is replayed by the worker.
+pub fn rebuild(tenant: &str, name: &str) -> Result<i64> {
+    let (mode, reset) = Spi::connect(|client| {
+        let table = run(client, &GET, &[tenant.into(), name.into()])?;
+        if table.is_empty() {
+            return Err(not_found(name));
+        }
+        let row = table.first();
+        let mode: String = row.get(1)?.unwrap_or_default();
+        let reset: Option<String> = row.get(2)?;
+        Ok((mode, reset))
+    })?;
+    Spi::connect(|client| {
+        if let Some(reset) = &reset {
+            as_caller(|| run_dynamic(client, &format!("SELECT {reset}()"), &[], &[]).map(|_| ()))?;
+        }
+        run(client, &RESTART, &[tenant.into(), name.into()])?;
+        run(client, &CLEAR_PARKED, &[tenant.into(), name.into()])?;
+        Ok::<_, Error>(())
+    })?;
+    if mode != "inline" {
+        return Ok(0);
+    }
+    replay_inline(tenant, name)
+}
+
+static INLINE_ONE: Statement = Statement {
+    sql: "SELECT p.handler::regproc::text, p.event_types FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.name = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+/// Feeds every committed event of the tenant to an inline projection's handler, in feed order.
+fn replay_inline(tenant: &str, name: &str) -> Result<i64> {
+    let (handler, event_types): (String, Option<Vec<String>>) = Spi::connect(|client| {
+        let row = run(client, &INLINE_ONE, &[tenant.into(), name.into()])?.first();
+        Ok::<_, Error>((row.get(1)?.unwrap_or_default(), row.get(2)?))
+    })?;
+    let mut after = Cursor::START;
+    let mut applied = 0i64;
+    loop {
+        let rows = super::read::read_all(tenant, after, 1000, event_types.clone(), None)?;
+        if rows.is_empty() {
+            return Ok(applied);
+        }
+        let last = *rows.last().expect("not empty");
+        Spi::connect(|client| {
+            for row in &rows {
+                as_caller(|| call(client, &handler, *row))?;
+            }
+            Ok::<_, Error>(())
+        })?;
+        applied += rows.len() as i64;
+        after = super::read::cursor_of(last)?;
+    }
+}
+
+static STATUS: Statement = Statement {
+    sql: "SELECT p.name, p.mode,
+                 lpad(to_hex(p.checkpoint_xid::text::bigint), 16, '0') || '-' || lpad(to_hex(p.checkpoint_position), 16, '0'),
+                 CASE WHEN p.mode = 'inline' THEN 0 ELSE (
+                   SELECT count(*) FROM eventstore.events e
+                   WHERE e.tenant_id = p.tenant_id
+                     AND (e.transaction_id, e.global_position) > (p.checkpoint_xid, p.checkpoint_position)
+                     AND e.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+                     AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))) END,
+                 p.events_applied, p.attempts, p.last_error, p.last_error_at,
+                 (SELECT count(*) FROM eventstore.parked_events x WHERE x.tenant_id = p.tenant_id AND x.projection = p.name),
+                 p.updated_at
+          FROM eventstore.projections p WHERE p.tenant_id = $1 ORDER BY p.name",
+    args: &[TEXTOID],
+    volatile: false,
+};
+
+/// One row of projection_status().
+pub type StatusRow = (
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i32,
+    Option<String>,
+    Option<pgrx::datum::TimestampWithTimeZone>,
+    i64,
+    Option<pgrx::datum::TimestampWithTimeZone>,
+);
+
+pub fn status(tenant: &str) -> Result<Vec<StatusRow>> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in run(client, &STATUS, &[tenant.into()])? {
+            out.push((
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or_default(),
+                row.get(3)?.unwrap_or_default(),
+                row.get(4)?.unwrap_or_default(),
+                row.get(5)?.unwrap_or_default(),
+                row.get(6)?.unwrap_or_default(),
+                row.get(7)?,
+                row.get(8)?,
+                row.get(9)?.unwrap_or_default(),
+                row.get(10)?,
+            ));
+        }
+        Ok(out)
+    })
+}
+
+static PARKED: Statement = Statement {
+    sql: "SELECT x.event_id, p.handler::regproc::text,
+                 ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
+                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
+                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
+                     e.transaction_id, e.redacted_at)::eventstore.event
+          FROM eventstore.parked_events x
+          JOIN eventstore.projections p ON p.tenant_id = x.tenant_id AND p.name = x.projection
+          JOIN eventstore.events e ON e.event_id = x.event_id AND e.tenant_id = x.tenant_id
+          WHERE x.tenant_id = $1 AND x.projection = $2
+          ORDER BY x.global_position",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+static UNPARK: Statement = Statement {
+    sql: "DELETE FROM eventstore.parked_events WHERE tenant_id = $1 AND projection = $2 AND event_id = $3",
+    args: &[TEXTOID, TEXTOID, UUIDOID],
+    volatile: true,
+};
+
+/// Runs a projection's handler again for its parked events, now, in the caller's transaction;
+/// each event that succeeds leaves the parking lot. Returns how many were replayed.
+pub fn replay_parked(tenant: &str, name: &str) -> Result<i64> {
+    let context = caller_context();
+    let parked: Vec<(pgrx::Uuid, String, Row)> = Spi::connect(|client| {
+        let mut table = run(client, &PARKED, &[tenant.into(), name.into()])?;
+        let mut out = Vec::new();
+        while let Some(row) = table.next() {
+            let id: pgrx::Uuid = row.get(1)?.ok_or_else(|| Error::new(Kind::Internal, "parked event without id"))?;
+            let handler: String = row.get(2)?.unwrap_or_default();
+            let datum = table.get_datum_by_ordinal(3)?.ok_or_else(|| Error::new(Kind::Internal, "parked event missing"))?;
+            out.push((id, handler, super::copy_composite(context, datum)));
+        }
+        Ok::<_, Error>(out)
+    })?;
+    let mut events: Vec<Row> = parked.iter().map(|p| p.2).collect();
+    super::read::upcast_rows(tenant, &mut events)?;
+    Spi::connect(|client| {
+        for ((id, handler, _), event) in parked.iter().zip(&events) {
+            as_caller(|| call(client, handler, *event))?;
+            run(client, &UNPARK, &[tenant.into(), name.into(), (*id).into()])?;
+        }
+        Ok(parked.len() as i64)
+    })
+}
+
+static EXISTS: Statement = Statement {
+    sql: "SELECT 1 FROM eventstore.projections WHERE tenant_id = $1 AND name = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+pub fn exists(tenant: &str, name: &str) -> Result<bool> {
+    Spi::connect(|client| Ok(!run(client, &EXISTS, &[tenant.into(), name.into()])?.is_empty()))
+}

@@ -1,0 +1,128 @@
+//! The background worker (design.md §5): one per database named by `eventstore.database`,
+//! registered only when the library is in `shared_preload_libraries`. It applies async
+//! projections; each batch is its own short transaction, and a failing batch is logged and
+//! recorded, never the end of the loop. SIGHUP reloads the settings, SIGTERM ends it promptly,
+//! and the postmaster restarts it after a crash (or when its database comes back).
+
+mod projections;
+pub mod status;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+
+use crate::error::{Error, Kind, Result};
+use crate::guc;
+
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// From _PG_init: shared memory and one worker per database, when preloaded.
+pub fn init() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    PRELOADED.store(true, Ordering::Relaxed);
+    status::init();
+    for (slot, database) in guc::databases().iter().take(status::MAX_WORKERS).enumerate() {
+        BackgroundWorkerBuilder::new(&format!("eventstore worker for {database}"))
+            .set_type("eventstore worker")
+            .set_library("eventstore")
+            .set_function("eventstore_worker_main")
+            .set_argument((slot as i32).into_datum())
+            .set_extra(database)
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(Some(Duration::from_secs(5)))
+            .load();
+    }
+}
+
+/// Whether this server loaded eventstore through shared_preload_libraries (and so runs workers).
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+/// 55000 unless a worker serves the current database.
+pub fn require() -> Result<()> {
+    let hint = "Add eventstore to shared_preload_libraries and this database to eventstore.database, then restart the server.";
+    if !preloaded() {
+        return Err(Error::new(Kind::WrongState, "the eventstore background worker is not running")
+            .detail("eventstore is not in shared_preload_libraries")
+            .hint(hint));
+    }
+    let database = current_database();
+    if !guc::databases().contains(&database) {
+        return Err(Error::new(Kind::WrongState, format!("no eventstore background worker serves database \"{database}\""))
+            .detail(format!("eventstore.database is \"{}\"", guc::databases().join(",")))
+            .hint(hint));
+    }
+    Ok(())
+}
+
+pub fn current_database() -> String {
+    unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if name.is_null() { String::new() } else { std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned() }
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
+    let slot = unsafe { i32::from_datum(arg, false) }.unwrap_or(0) as usize;
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = BackgroundWorker::get_extra().to_owned();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    status::started(slot, &database);
+    log!("eventstore worker started for database \"{database}\"");
+    let mut idle = false;
+    loop {
+        let wait = if idle { Duration::from_millis(guc::WORKER_POLL_INTERVAL.get().max(10) as u64) } else { Duration::ZERO };
+        if !BackgroundWorker::wait_latch(Some(wait)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let applied = projections::round(slot);
+        status::ran(slot, applied.applied);
+        idle = !applied.more;
+    }
+    status::stopped(slot);
+    log!("eventstore worker for database \"{database}\" is exiting");
+}
+
+/// Runs `f` in its own transaction; an error is logged and recorded and the transaction rolled
+/// back, so one failing batch never ends the worker.
+pub(crate) fn transaction<R>(slot: usize, what: &str, f: impl FnOnce() -> Result<R>) -> Option<R> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(|e| e.message)))
+        .catch_others(|caught| {
+            Err(match caught {
+                pg_sys::panic::CaughtError::PostgresError(e) | pg_sys::panic::CaughtError::ErrorReport(e) => e.message().to_owned(),
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+            })
+        })
+        .execute();
+    match outcome {
+        Ok(value) => unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+            Some(value)
+        },
+        Err(message) => {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            warning!("eventstore worker: {what} failed: {message}");
+            status::failed(slot, &format!("{what}: {message}"));
+            None
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Async projections in the worker: per projection and batch, one transaction in which the
+//! handler's writes and the new checkpoint commit together, so each event takes effect exactly
+//! once even across crashes. Each event runs in a subtransaction: a failure rolls back only
+//! that event's writes; after `eventstore.projection_max_attempts` failures the event is parked
+//! and the projection goes on.
+
+use std::panic::AssertUnwindSafe;
+
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::{PgTryBuilder, Uuid};
+
+use super::transaction;
+use crate::error::{Error, Kind, Result};
+use crate::feed::Cursor;
+use crate::guc;
+use crate::store::caller::as_role;
+use crate::store::plans::{Statement, run};
+use crate::store::{projections, read};
+
+/// What one round of the worker did.
+#[derive(Default)]
+pub struct Outcome {
+    pub applied: u64,
+    /// a batch came back full: there is more to do right away
+    pub more: bool,
+}
+
+static INSTALLED: Statement = Statement {
+    sql: "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventstore')",
+    args: &[],
+    volatile: true,
+};
+
+static ASYNC: Statement = Statement {
+    sql: "SELECT p.tenant_id, p.name FROM eventstore.projections p WHERE p.mode = 'async'
+          ORDER BY p.tenant_id, p.name",
+    args: &[],
+    volatile: true,
+};
+
+/// The projection, locked for this batch (a rebuild in progress makes the worker skip it).
+static CLAIM: Statement = Statement {
+    sql: "SELECT p.handler::regproc::text, p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
+                 p.failing_event_id, p.attempts, p.run_as
+          FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.name = $2 AND p.mode = 'async'
+          FOR UPDATE SKIP LOCKED",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+static SET_TENANT: Statement = Statement {
+    sql: "SELECT set_config('eventstore.tenant_id', $1, true)",
+    args: &[TEXTOID],
+    volatile: true,
+};
+
+static SAVE: Statement = Statement {
+    sql: "UPDATE eventstore.projections
+             SET checkpoint_xid = $3::text::xid8, checkpoint_position = $4,
+                 events_applied = events_applied + $5, failing_event_id = $6, attempts = $7,
+                 last_error = coalesce($8, last_error),
+                 last_error_at = CASE WHEN $8 IS NULL THEN last_error_at ELSE statement_timestamp() END,
+                 updated_at = statement_timestamp()
+           WHERE tenant_id = $1 AND name = $2",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, UUIDOID, INT4OID, TEXTOID],
+    volatile: true,
+};
+
+static PARK: Statement = Statement {
+    sql: "INSERT INTO eventstore.parked_events (tenant_id, projection, event_id, global_position, error, attempts)
+          VALUES ($1, $2, $3, $4, $5, $6)
+          ON CONFLICT (tenant_id, projection, event_id) DO UPDATE
+             SET error = excluded.error, attempts = excluded.attempts, parked_at = statement_timestamp()",
+    args: &[TEXTOID, TEXTOID, UUIDOID, INT8OID, TEXTOID, INT4OID],
+    volatile: true,
+};
+
+/// One round: a batch for every async projection of every tenant.
+pub fn round(slot: usize) -> Outcome {
+    let list = transaction(slot, "listing projections", || {
+        Spi::connect(|client| {
+            if !run_one_bool(client, &INSTALLED)? {
+                return Ok(Vec::new());
+            }
+            let mut list = Vec::new();
+            for row in run(client, &ASYNC, &[])? {
+                list.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
+            }
+            Ok(list)
+        })
+    })
+    .unwrap_or_default();
+    let mut outcome = Outcome::default();
+    for (tenant, name) in list {
+        let what = format!("projection \"{name}\" of tenant \"{tenant}\"");
+        if let Some((applied, full)) = transaction(slot, &what, || batch(&tenant, &name)) {
+            outcome.applied += applied;
+            outcome.more |= full;
+        }
+    }
+    outcome
+}
+
+fn run_one_bool(client: &pgrx::spi::SpiClient<'_>, stmt: &'static Statement) -> Result<bool> {
+    Ok(run(client, stmt, &[])?.first().get_one::<bool>()?.unwrap_or(false))
+}
+
+/// The state of a projection while a batch runs.
+struct Progress {
+    checkpoint: Cursor,
+    applied: i64,
+    failing: Option<Uuid>,
+    attempts: i32,
+    error: Option<String>,
+}
+
+/// One batch of one projection; returns the events applied and whether the batch was full.
+fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
+    let claimed = Spi::connect(|client| {
+        let table = run(client, &CLAIM, &[tenant.into(), name.into()])?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        let handler: String = row.get(1)?.unwrap_or_default();
+        let event_types: Option<Vec<String>> = row.get(2)?;
+        let xid: String = row.get(3)?.unwrap_or_default();
+        let checkpoint = Cursor { transaction_id: xid.parse().unwrap_or(0), position: row.get(4)?.unwrap_or(0) };
+        let failing: Option<Uuid> = row.get(5)?;
+        let attempts: i32 = row.get(6)?.unwrap_or(0);
+        let run_as: pg_sys::Oid = row.get(7)?.unwrap_or(pg_sys::InvalidOid);
+        run(client, &SET_TENANT, &[tenant.into()])?;
+        Ok::<_, Error>(Some((handler, event_types, checkpoint, failing, attempts, run_as)))
+    })?;
+    let Some((handler, event_types, checkpoint, failing, attempts, run_as)) = claimed else {
+        return Ok((0, false));
+    };
+    let size = guc::WORKER_BATCH_SIZE.get().max(1);
+    let max_attempts = guc::PROJECTION_MAX_ATTEMPTS.get().max(1);
+    let rows = read::read_all(tenant, checkpoint, size, event_types, None)?;
+    let full = rows.len() as i32 == size;
+    let mut progress = Progress { checkpoint, applied: 0, failing, attempts, error: None };
+    let mut parked = Vec::new();
+    for row in &rows {
+        let (cursor, event_id, position) = feed_fields(*row)?;
+        let outcome = subtransaction(|| {
+            Spi::connect(|client| as_role(run_as, || projections::call_feed(client, &handler, *row)))
+        });
+        match outcome {
+            Ok(()) => {
+                progress.checkpoint = cursor;
+                progress.applied += 1;
+                if progress.failing == Some(event_id) {
+                    (progress.failing, progress.attempts) = (None, 0);
+                }
+            }
+            Err(message) => {
+                let attempts = if progress.failing == Some(event_id) { progress.attempts + 1 } else { 1 };
+                progress.error = Some(message.clone());
+                if attempts >= max_attempts {
+                    parked.push((event_id, position, message, attempts));
+                    progress.checkpoint = cursor;
+                    (progress.failing, progress.attempts) = (None, 0);
+                } else {
+                    (progress.failing, progress.attempts) = (Some(event_id), attempts);
+                    break;
+                }
+            }
+        }
+    }
+    Spi::connect(|client| {
+        for (event_id, position, message, attempts) in &parked {
+            run(client, &PARK, &[
+                tenant.into(),
+                name.into(),
+                (*event_id).into(),
+                (*position).into(),
+                message.as_str().into(),
+                (*attempts).into(),
+            ])?;
+        }
+        run(client, &SAVE, &[
+            tenant.into(),
+            name.into(),
+            progress.checkpoint.transaction_id.to_string().into(),
+            progress.checkpoint.position.into(),
+            progress.applied.into(),
+            progress.failing.into(),
+            progress.attempts.into(),
+            progress.error.clone().into(),
+        ])?;
+        Ok::<_, Error>(())
+    })?;
+    Ok((progress.applied as u64, full && progress.failing.is_none()))
+}
+
+/// The cursor, event id and position of a feed row.
+fn feed_fields(row: pg_sys::Datum) -> Result<(Cursor, Uuid, i64)> {
+    let bug = |e: &dyn std::fmt::Display| Error::new(Kind::Internal, format!("eventstore internal error: {e}"));
+    let tuple = unsafe { pgrx::heap_tuple::PgHeapTuple::from_composite_datum(row) };
+    let cursor: String = tuple.get_by_name("cursor").map_err(|e| bug(&e))?.unwrap_or_default();
+    let event_id: Uuid = tuple.get_by_name("event_id").map_err(|e| bug(&e))?.ok_or_else(|| bug(&"no event_id"))?;
+    let position: i64 = tuple.get_by_name("global_position").map_err(|e| bug(&e))?.unwrap_or(0);
+    Ok((Cursor::parse(&cursor)?, event_id, position))
+}
+
+/// Runs `f` in a subtransaction, as PL/pgSQL runs an exception block: on error only its work
+/// is rolled back, and the error's message comes back.
+fn subtransaction<R>(f: impl FnOnce() -> Result<R>) -> std::result::Result<R, String> {
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let result = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(|e| e.message)))
+            .catch_others(|caught| {
+                Err(match caught {
+                    pg_sys::panic::CaughtError::PostgresError(e) | pg_sys::panic::CaughtError::ErrorReport(e) => {
+                        e.message().to_owned()
+                    }
+                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+                })
+            })
+            .execute();
+        match result {
+            Ok(value) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                Ok(value)
+            }
+            Err(message) => {
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                Err(message)
+            }
+        }
+    }
+}
