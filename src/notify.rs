@@ -1,6 +1,7 @@
 //! One `NOTIFY eventstore_events` per committing transaction that appended events, naming the
 //! tenant and the aggregate types it touched, so consumers can LISTEN instead of polling. It is
-//! sent from the pre-commit callback: a rolled-back transaction sends nothing.
+//! sent from the pre-commit callback: a rolled-back transaction sends nothing. On commit the
+//! background workers are woken.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,10 @@ pub fn appended(tenant: &str, aggregate_type: &str) {
     });
     if first {
         register_xact_callback(PgXactCallbackEvent::PreCommit, send);
+        if crate::worker::preloaded() {
+            // the workers need not wait for their next poll to see the new events
+            register_xact_callback(PgXactCallbackEvent::Commit, crate::worker::status::wake_all);
+        }
         register_xact_callback(PgXactCallbackEvent::Abort, || TOUCHED.with(|t| *t.borrow_mut() = None));
     }
 }

@@ -12,6 +12,8 @@ const TEXT: usize = 256;
 #[derive(Clone, Copy)]
 pub struct Slot {
     pub pid: i32,
+    /// the worker's process latch (in shared memory): set by committing appenders
+    pub latch: *mut pg_sys::Latch,
     pub database: [u8; 64],
     pub started_at: i64,
     pub last_run_at: i64,
@@ -26,6 +28,7 @@ impl Default for Slot {
     fn default() -> Self {
         Slot {
             pid: 0,
+            latch: std::ptr::null_mut(),
             database: [0; 64],
             started_at: 0,
             last_run_at: 0,
@@ -72,6 +75,7 @@ pub fn started(slot: usize, database: &str) {
     let s = &mut status.slots[slot];
     *s = Slot::default();
     s.pid = unsafe { pg_sys::MyProcPid };
+    s.latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch };
     s.started_at = now();
     put(&mut s.database, database);
 }
@@ -93,7 +97,17 @@ pub fn failed(slot: usize, error: &str) {
 }
 
 pub fn stopped(slot: usize) {
-    STATUS.exclusive().slots[slot].pid = 0;
+    let mut status = STATUS.exclusive();
+    status.slots[slot].pid = 0;
+    status.slots[slot].latch = std::ptr::null_mut();
+}
+
+/// Wakes every worker: events were just committed.
+pub fn wake_all() {
+    let status = STATUS.share();
+    for slot in status.slots.iter().filter(|s| s.pid != 0 && !s.latch.is_null()) {
+        unsafe { pg_sys::SetLatch(slot.latch) };
+    }
 }
 
 /// The slot of the worker serving `database`, if any.
