@@ -30,5 +30,27 @@ SELECT global_position, aggregate_type, event_type, cursor
     after => (SELECT cursor FROM eventstore.read_all(max_count => 2) ORDER BY cursor DESC LIMIT 1),
     max_count => 2);
 
+\echo '-- aggregate state: a reducer rule folds the events into a JSON state'
+SELECT eventstore.define_reducer('order', 'ItemAdded',
+    rule => '[{"op": "append", "path": "items", "from": "sku"}, {"op": "increment", "path": "qty", "from": "qty"}]');
+SELECT version, state FROM eventstore.get_aggregate_state('order', '1001');
+
+\echo '-- an async projection kept by the background worker'
+CREATE TABLE public.order_counts (event_type text PRIMARY KEY, n int NOT NULL);
+CREATE FUNCTION public.count_event(e eventstore.event) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO public.order_counts VALUES (e.event_type, 1)
+    ON CONFLICT (event_type) DO UPDATE SET n = public.order_counts.n + 1 $$;
+SELECT eventstore.register_projection('order_counts', 'public.count_event(eventstore.event)');
+DO $$
+BEGIN
+    -- the worker started with the server, before this database existed: it retries every 5 s
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT lag = 0 FROM eventstore.projection_status() WHERE name = 'order_counts');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT name, lag, events_applied FROM eventstore.projection_status();
+SELECT event_type, n FROM public.order_counts ORDER BY event_type;
+
 \echo '-- statistics for the current tenant'
 SELECT jsonb_pretty(eventstore.get_event_store_stats() - 'first_recorded_at' - 'last_recorded_at');

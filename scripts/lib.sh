@@ -19,17 +19,21 @@ cluster_start() {
   chown postgres:postgres "$dir"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-    {
-      echo "port = $port"
-      echo "listen_addresses = '127.0.0.1'"
-      echo "unix_socket_directories = '$dir'"
-      echo "shared_preload_libraries = 'eventstore'"
-      echo "max_connections = 200"
-      echo "max_prepared_transactions = 10"
-      echo "logging_collector = off"
-      for line in "$@"; do echo "$line"; done
-    } >> "$dir/data/postgresql.conf"
   fi
+  grep -q "^include_if_exists = 'eventstore.conf'" "$dir/data/postgresql.conf" ||
+    echo "include_if_exists = 'eventstore.conf'" >> "$dir/data/postgresql.conf"
+  # the settings are written anew on every start, so a rerun picks up changes
+  {
+    echo "port = $port"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$dir'"
+    echo "shared_preload_libraries = 'eventstore'"
+    echo "max_connections = 200"
+    echo "max_prepared_transactions = 10"
+    echo "logging_collector = off"
+    for line in "$@"; do echo "$line"; done
+  } > "$dir/data/eventstore.conf"
+  chown postgres:postgres "$dir/data/eventstore.conf"
   cluster_stop "$dir"
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }

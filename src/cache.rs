@@ -20,16 +20,24 @@ thread_local! {
     static WATCHED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Registered once per backend, from _PG_init.
+/// Registered once per backend, from _PG_init. A changed function body (a reducer handler
+/// replaced with CREATE OR REPLACE) counts too: it changes the reducers' hash.
 pub fn init() {
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::PROCOID as i32, Some(on_function_change), pg_sys::Datum::from(0));
+    }
+}
+
+unsafe extern "C-unwind" fn on_function_change(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    GENERATION.with(|g| g.set(g.get() + 1));
 }
 
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     // no catalog access allowed here: compare with the OIDs resolved when the caches filled
-    let ours = WATCHED.with(|w| {
-        let w = w.borrow();
-        relid == pg_sys::InvalidOid || w.is_empty() || w.contains(&relid)
+    let ours = WATCHED.with(|w| match w.try_borrow() {
+        Ok(w) => relid == pg_sys::InvalidOid || w.is_empty() || w.contains(&relid),
+        Err(_) => true,
     });
     if ours {
         GENERATION.with(|g| g.set(g.get() + 1));
@@ -73,7 +81,9 @@ impl<K: Eq + Hash + Clone, V> Memo<K, V> {
         if self.generation.get() != current {
             self.entries.borrow_mut().clear();
             self.generation.set(current);
-            WATCHED.with(|w| *w.borrow_mut() = WATCHED_TABLES.iter().map(|t| table_oid(t)).collect());
+            // resolve first: the lookups may run invalidation callbacks, which read WATCHED
+            let oids: Vec<pg_sys::Oid> = WATCHED_TABLES.iter().map(|t| table_oid(t)).collect();
+            WATCHED.with(|w| *w.borrow_mut() = oids);
         }
         if let Some(hit) = self.entries.borrow().get(key) {
             return Ok(hit.clone());

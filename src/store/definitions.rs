@@ -80,7 +80,9 @@ static AGGREGATE: Statement = Statement {
 };
 
 static REDUCERS: Statement = Statement {
-    sql: "SELECT r.event_type, r.rule, r.handler::text, r.handler::regproc::text
+    sql: "SELECT r.event_type, r.rule,
+                 r.handler::text || (SELECT ' ' || md5(p.prosrc) FROM pg_proc p WHERE p.oid = r.handler),
+                 r.handler::regproc::text
           FROM eventstore.reducers r WHERE r.tenant_id = $1 AND r.aggregate_type = $2
           ORDER BY r.event_type",
     args: &[TEXTOID, TEXTOID],
@@ -156,7 +158,7 @@ fn load_aggregate(tenant: &str, aggregate_type: &str) -> Result<Aggregate> {
                 }
                 (None, Some(handler)) => {
                     hasher.update(format!("\0handler\0{event_type}\0{handler}"));
-                    Reducer::Handler(handler_name.unwrap_or(handler))
+                    Reducer::Handler(handler_name.unwrap_or_default())
                 }
                 (None, None) => continue,
             };

@@ -10,7 +10,7 @@ use pgrx::spi::SpiClient;
 
 use super::Stream;
 use super::plans::{Statement, run};
-use super::state::drop_snapshots;
+use super::state::{TOUCH_STREAM, drop_snapshots};
 use crate::error::{Error, Kind, Result};
 
 static IS_REDACTED: Statement = Statement {
@@ -34,11 +34,18 @@ static ALLOW: Statement = Statement {
     volatile: true,
 };
 
+static STREAM_OF: Statement = Statement {
+    sql: "SELECT e.aggregate_type, e.aggregate_id FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.event_id = $2 AND e.redacted_at IS NULL",
+    args: &[TEXTOID, UUIDOID],
+    volatile: true,
+};
+
 static REDACT: Statement = Statement {
     sql: "UPDATE eventstore.events e
              SET payload = '{\"redacted\": true}', redacted_at = statement_timestamp()
            WHERE e.tenant_id = $1 AND e.event_id = $2 AND e.redacted_at IS NULL
-          RETURNING e.aggregate_type, e.aggregate_id",
+          RETURNING 1",
     args: &[TEXTOID, UUIDOID],
     volatile: true,
 };
@@ -88,18 +95,24 @@ pub fn subject(tenant: &str, path: &[String], value: &str, reason: &str) -> Resu
 }
 
 fn redact(client: &SpiClient<'_>, tenant: &str, event_id: Uuid, reason: &str) -> Result<()> {
+    let found = run(client, &STREAM_OF, &[tenant.into(), event_id.into()])?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let row = found.first();
+    let stream = Stream {
+        tenant: tenant.to_owned(),
+        aggregate_type: row.get(1)?.unwrap_or_default(),
+        aggregate_id: row.get(2)?.unwrap_or_default(),
+    };
+    // first the stream's row: a snapshot being made of this stream finishes before we go on
+    run(client, &TOUCH_STREAM, &[tenant.into(), stream.aggregate_type.as_str().into(), stream.aggregate_id.as_str().into()])?;
     run(client, &ALLOW, &["on".into()])?;
     let table = run(client, &REDACT, &[tenant.into(), event_id.into()])?;
     run(client, &ALLOW, &["off".into()])?;
     if table.is_empty() {
         return Ok(());
     }
-    let row = table.first();
-    let stream = Stream {
-        tenant: tenant.to_owned(),
-        aggregate_type: row.get(1)?.unwrap_or_default(),
-        aggregate_id: row.get(2)?.unwrap_or_default(),
-    };
     let args: [DatumWithOid<'_>; 6] = [
         tenant.into(),
         event_id.into(),

@@ -118,6 +118,16 @@ static PRUNE_SNAPSHOTS: Statement = Statement {
     volatile: true,
 };
 
+/// Updates the stream's row without changing it: snapshotting and redaction both do this first,
+/// so one of them waits for the other (or, under REPEATABLE READ, fails with 40001) and a
+/// snapshot can never be computed from events a committed redaction has erased.
+pub static TOUCH_STREAM: Statement = Statement {
+    sql: "UPDATE eventstore.streams s SET version = s.version
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: true,
+};
+
 static DROP_SNAPSHOTS: Statement = Statement {
     sql: "DELETE FROM eventstore.snapshots s
           WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3",
@@ -249,6 +259,7 @@ pub fn snapshot(stream: &Stream, version: Option<i64>) -> Result<i64> {
 }
 
 fn snapshot_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, version: Option<i64>) -> Result<i64> {
+    run(client, &TOUCH_STREAM, &key(stream))?;
     let state = compute_with(client, stream, aggregate, Target { at_version: version, as_of: None })?;
     if state.version == 0 {
         return Ok(0);

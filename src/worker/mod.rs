@@ -94,6 +94,10 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     }
     status::stopped(slot);
     log!("eventstore worker for database \"{database}\" is exiting");
+    // exit code 1: the postmaster starts it again after bgw_restart_time (a SIGTERM may come
+    // from DROP DATABASE ... WITH (FORCE); the database may come back). At server shutdown it
+    // is not restarted anyway.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// Runs `f` in its own transaction; an error is logged and recorded and the transaction rolled

@@ -246,3 +246,61 @@ def waiting_on_lock(observer, pid):
 
 def blocking_pids(observer, pid):
     return observer.execute("SELECT pg_blocking_pids(%s) AS p", (pid,)).fetchone()["p"]
+
+
+# --- aggregate state, schemas, redaction (design.md §4) ------------------------------------
+
+
+def get_state(conn, aggregate_type, aggregate_id, at_version=None, as_of=None):
+    """eventstore.get_aggregate_state; returns the aggregate_state row as a dict."""
+    return conn.execute(
+        "SELECT * FROM eventstore.get_aggregate_state(%s, %s, at_version => %s::bigint,"
+        " as_of => %s::timestamptz)",
+        (aggregate_type, aggregate_id, at_version, as_of),
+    ).fetchone()
+
+
+def define_aggregate(conn, aggregate_type, initial_state=None, snapshot_every=100, keep_snapshots=3):
+    conn.execute(
+        "SELECT eventstore.define_aggregate(%s, %s, snapshot_every => %s::int, keep_snapshots => %s::int)",
+        (aggregate_type, Jsonb({} if initial_state is None else initial_state), snapshot_every, keep_snapshots),
+    )
+
+
+def define_reducer(conn, aggregate_type, event_type, rule=None, handler=None):
+    """A declarative rule (a JSON program) or a handler (a regprocedure text)."""
+    if handler is not None:
+        conn.execute("SELECT eventstore.define_reducer(%s, %s, handler => %s::regprocedure)",
+                     (aggregate_type, event_type, handler))
+    else:
+        conn.execute("SELECT eventstore.define_reducer(%s, %s, rule => %s)",
+                     (aggregate_type, event_type, Jsonb(rule)))
+
+
+def create_snapshot(conn, aggregate_type, aggregate_id):
+    return conn.execute("SELECT eventstore.create_snapshot(%s, %s) AS v",
+                        (aggregate_type, aggregate_id)).fetchone()["v"]
+
+
+def snapshot_rows(conn, tenant, aggregate_type, aggregate_id):
+    """The stream's rows of eventstore.snapshots (version, state, reducer_hash), oldest first.
+    Filters by tenant explicitly: a superuser bypasses RLS."""
+    return conn.execute(
+        "SELECT version, state, reducer_hash FROM eventstore.snapshots"
+        " WHERE tenant_id = %s AND aggregate_type = %s AND aggregate_id = %s ORDER BY version",
+        (tenant, aggregate_type, aggregate_id),
+    ).fetchall()
+
+
+def stored_events(conn, tenant, aggregate_type, aggregate_id):
+    """The stream's stored rows of eventstore.events as written (no upcasting), by version."""
+    return conn.execute(
+        "SELECT * FROM eventstore.events"
+        " WHERE tenant_id = %s AND aggregate_type = %s AND aggregate_id = %s ORDER BY aggregate_version",
+        (tenant, aggregate_type, aggregate_id),
+    ).fetchall()
+
+
+def server_now(conn):
+    """The server's clock (not the transaction start): a point in time between two commits."""
+    return conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
