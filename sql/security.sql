@@ -8,7 +8,8 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['streams', 'events', 'aggregates', 'reducers', 'snapshots',
                              'event_schemas', 'upcasters', 'redactions', 'subscriptions',
-                             'projections', 'parked_events']
+                             'projections', 'parked_events', 'webhook_endpoints',
+                             'webhook_deliveries', 'webhook_attempts']
     LOOP
         EXECUTE format('ALTER TABLE eventstore.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE eventstore.%I FORCE ROW LEVEL SECURITY', t);
@@ -32,7 +33,10 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
         WHEN 'admin' THEN ARRAY[
             'delete_stream', 'grant_access', 'define_aggregate', 'define_reducer',
             'register_event_schema', 'register_upcaster', 'redact_event', 'redact_subject',
-            'register_projection', 'rebuild_projection', 'replay_parked_events']
+            'register_projection', 'rebuild_projection', 'replay_parked_events',
+            'create_webhook_endpoint', 'queue_event_for_webhooks', 'rotate_webhook_secret',
+            'retry_webhook_delivery', 'recover_webhook_endpoint', 'enable_webhook_endpoint',
+            'disable_webhook_endpoint', 'get_webhook_delivery_stats']
     END
 $$;
 
@@ -79,6 +83,8 @@ $$;
 COMMENT ON FUNCTION eventstore.grant_access(name, text) IS
     'Grant a role reader, writer or admin access to eventstore in one call.';
 
--- Secure by default: nothing but current_tenant() (used by the RLS policies) is PUBLIC.
+-- Secure by default: nothing but current_tenant() (used by the RLS policies) and the pure
+-- sign_webhook() is PUBLIC.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA eventstore FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION eventstore.current_tenant() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION eventstore.sign_webhook(text, text, bigint, text) TO PUBLIC;

@@ -12,8 +12,8 @@ use pgrx::pg_sys;
 use crate::error::Result;
 
 /// The definition tables whose changes invalidate the caches.
-const WATCHED_TABLES: [&std::ffi::CStr; 5] =
-    [c"aggregates", c"reducers", c"event_schemas", c"upcasters", c"projections"];
+const WATCHED_TABLES: [&std::ffi::CStr; 6] =
+    [c"aggregates", c"reducers", c"event_schemas", c"upcasters", c"projections", c"webhook_endpoints"];
 
 thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };

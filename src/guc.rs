@@ -38,6 +38,19 @@ pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 /// parks it and goes on.
 pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 
+/// `eventstore.webhook_allowed_hosts`: hosts (names or addresses, comma-separated) that
+/// webhooks may reach even though they are private, loopback or link-local. Config file only.
+pub static WEBHOOK_ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `eventstore.webhook_timeout`: how long one webhook call may take, in milliseconds.
+pub static WEBHOOK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(15_000);
+
+/// `eventstore.webhook_max_in_flight`: endpoints called at the same time by the worker.
+pub static WEBHOOK_MAX_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+/// `eventstore.webhook_batch_size`: deliveries per endpoint claimed in one round.
+pub static WEBHOOK_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"eventstore.tenant_id",
@@ -106,6 +119,44 @@ pub fn init() {
         &PROJECTION_MAX_ATTEMPTS,
         1,
         1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"eventstore.webhook_allowed_hosts",
+        c"Hosts webhooks may reach although they are private, loopback or link-local.",
+        c"Comma-separated names or addresses, e.g. 127.0.0.1 for tests.",
+        &WEBHOOK_ALLOWED_HOSTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.webhook_timeout",
+        c"How long one webhook call may take.",
+        c"",
+        &WEBHOOK_TIMEOUT,
+        100,
+        300_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.webhook_max_in_flight",
+        c"Endpoints the worker calls at the same time.",
+        c"",
+        &WEBHOOK_MAX_IN_FLIGHT,
+        1,
+        256,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.webhook_batch_size",
+        c"Deliveries per endpoint claimed in one worker round.",
+        c"",
+        &WEBHOOK_BATCH_SIZE,
+        1,
+        10_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

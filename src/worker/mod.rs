@@ -1,6 +1,6 @@
 //! The background worker (design.md §5): one per database named by `eventstore.database`,
 //! registered only when the library is in `shared_preload_libraries`. It applies async
-//! projections; each batch is its own short transaction, and a failing batch is logged and
+//! projections and delivers webhooks; each batch is its own short transaction, and a failing batch is logged and
 //! recorded, never the end of the loop. SIGHUP reloads the settings, SIGTERM ends it promptly,
 //! and the postmaster restarts it after a crash (or when its database comes back).
 
@@ -89,8 +89,9 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let applied = projections::round(slot);
-        status::ran(slot, applied.applied);
-        idle = !applied.more;
+        let (delivered, more_deliveries) = crate::webhooks::deliver::round(slot);
+        status::ran(slot, applied.applied + delivered);
+        idle = !applied.more && !more_deliveries;
     }
     status::stopped(slot);
     log!("eventstore worker for database \"{database}\" is exiting");

@@ -1,0 +1,259 @@
+//! Webhook endpoints, the delivery queue and the attempt log (design.md §5.3).
+
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, Uuid};
+
+use super::plans::{Statement, run};
+use crate::cache::Memo;
+use crate::error::{Error, Kind, Result};
+
+/// The body frozen at queue time, and the delivery row, built from events `e` and endpoints `w`.
+macro_rules! queue_select {
+    ($events:literal) => {
+        concat!(
+            "SELECT q.id, q.tenant_id, q.endpoint_id, q.event_id, q.event_type, q.transaction_id,
+                    q.global_position, 'msg_' || replace(q.id::text, '-', ''), q.body
+             FROM (SELECT gen_random_uuid() AS id, e.tenant_id, w.endpoint_id, e.event_id, e.event_type,
+                          e.transaction_id, e.global_position,
+                          jsonb_build_object(
+                            'type', e.event_type,
+                            'timestamp', to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                            'data', jsonb_build_object(
+                              'event_id', e.event_id, 'aggregate_type', e.aggregate_type,
+                              'aggregate_id', e.aggregate_id, 'aggregate_version', e.aggregate_version,
+                              'global_position', e.global_position, 'payload', e.payload,
+                              'metadata', e.metadata))::text AS body
+                   FROM ", $events, " e
+                   JOIN eventstore.webhook_endpoints w
+                     ON w.tenant_id = e.tenant_id AND w.enabled
+                    AND (w.event_types IS NULL OR e.event_type = ANY (w.event_types))
+                    AND (w.aggregate_types IS NULL OR e.aggregate_type = ANY (w.aggregate_types))
+                   ORDER BY e.transaction_id, e.global_position) q"
+        )
+    };
+}
+
+const QUEUE_COLUMNS: &str = "delivery_id, tenant_id, endpoint_id, event_id, event_type, transaction_id, global_position, message_id, body";
+
+static ANY_ENDPOINT: Statement = Statement {
+    sql: "SELECT EXISTS (SELECT 1 FROM eventstore.webhook_endpoints WHERE enabled)",
+    args: &[],
+    volatile: false,
+};
+
+thread_local! {
+    static ENDPOINTS_EXIST: Memo<(), bool> = Memo::new();
+}
+
+/// Whether any enabled endpoint exists (cached; dropped when endpoints change), so appends of
+/// a database without webhooks pay nothing for them.
+pub fn any_endpoint() -> Result<bool> {
+    let any = ENDPOINTS_EXIST.with(|memo| {
+        memo.get(&(), || Spi::connect(|client| Ok(run(client, &ANY_ENDPOINT, &[])?.first().get_one::<bool>()?.unwrap_or(false))))
+    })?;
+    Ok(*any)
+}
+
+/// Queues the events of the statement's transition table `appended` (the trigger has
+/// registered it with SPI). Not a kept plan: the transition table is new on every statement.
+pub fn queue_appended(client: &mut SpiClient<'_>) -> Result<usize> {
+    let sql = format!(
+        "INSERT INTO eventstore.webhook_deliveries ({QUEUE_COLUMNS}) {}
+         ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+        queue_select!("appended")
+    );
+    Ok(client.update(sql.as_str(), None, &[])?.len())
+}
+
+static QUEUE_EVENT: Statement = Statement {
+    sql: concat!(
+        "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
+             transaction_id, global_position, message_id, body) ",
+        queue_select!("(SELECT * FROM eventstore.events WHERE tenant_id = $1 AND event_id = $2)"),
+        " ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1"
+    ),
+    args: &[TEXTOID, UUIDOID],
+    volatile: true,
+};
+
+static EVENT_EXISTS: Statement = Statement {
+    sql: "SELECT 1 FROM eventstore.events WHERE tenant_id = $1 AND event_id = $2",
+    args: &[TEXTOID, UUIDOID],
+    volatile: true,
+};
+
+/// Queues one stored event for every matching enabled endpoint that has not got it yet.
+pub fn queue_event(tenant: &str, event_id: Uuid) -> Result<i32> {
+    Spi::connect(|client| {
+        if run(client, &EVENT_EXISTS, &[tenant.into(), event_id.into()])?.is_empty() {
+            return Err(Error::new(Kind::NotFound, format!("event {event_id} does not exist")));
+        }
+        Ok(run(client, &QUEUE_EVENT, &[tenant.into(), event_id.into()])?.len() as i32)
+    })
+}
+
+static CREATE: Statement = Statement {
+    sql: "INSERT INTO eventstore.webhook_endpoints (endpoint_id, tenant_id, url, description, event_types,
+              aggregate_types, secret, retry_schedule, rate_limit_per_second)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    args: &[UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, INT4ARRAYOID, INT4OID],
+    volatile: true,
+};
+
+/// A new endpoint's definition, validated.
+pub struct NewEndpoint {
+    pub endpoint_id: Uuid,
+    pub url: String,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub aggregate_types: Option<Vec<String>>,
+    pub secret: String,
+    pub retry_schedule: Option<Vec<i32>>,
+    pub rate_limit_per_second: Option<i32>,
+}
+
+pub fn create(tenant: &str, e: NewEndpoint) -> Result<()> {
+    Spi::connect(|client| {
+        run(client, &CREATE, &[
+            e.endpoint_id.into(),
+            tenant.into(),
+            e.url.as_str().into(),
+            e.description.into(),
+            e.event_types.into(),
+            e.aggregate_types.into(),
+            e.secret.as_str().into(),
+            e.retry_schedule.into(),
+            e.rate_limit_per_second.into(),
+        ])
+        .map(|_| ())
+    })?;
+    crate::cache::invalidate(c"webhook_endpoints");
+    Ok(())
+}
+
+static ROTATE: Statement = Statement {
+    sql: "UPDATE eventstore.webhook_endpoints
+             SET previous_secret = secret, previous_secret_until = statement_timestamp() + $4,
+                 secret = $3, updated_at = statement_timestamp()
+           WHERE tenant_id = $1 AND endpoint_id = $2
+          RETURNING 1",
+    args: &[TEXTOID, UUIDOID, TEXTOID, INTERVALOID],
+    volatile: true,
+};
+
+pub fn endpoint_not_found(id: Uuid) -> Error {
+    Error::new(Kind::NotFound, format!("webhook endpoint {id} does not exist"))
+}
+
+pub fn rotate(tenant: &str, id: Uuid, secret: &str, grace: pgrx::datum::Interval) -> Result<()> {
+    Spi::connect(|client| {
+        if run(client, &ROTATE, &[tenant.into(), id.into(), secret.into(), grace.into()])?.is_empty() {
+            return Err(endpoint_not_found(id));
+        }
+        Ok(())
+    })
+}
+
+static SET_ENABLED: Statement = Statement {
+    sql: "UPDATE eventstore.webhook_endpoints
+             SET enabled = $3, disabled_reason = CASE WHEN $3 THEN NULL ELSE $4 END,
+                 disabled_at = CASE WHEN $3 THEN NULL ELSE statement_timestamp() END,
+                 updated_at = statement_timestamp()
+           WHERE tenant_id = $1 AND endpoint_id = $2
+          RETURNING 1",
+    args: &[TEXTOID, UUIDOID, BOOLOID, TEXTOID],
+    volatile: true,
+};
+
+pub fn set_enabled(tenant: &str, id: Uuid, enabled: bool, reason: Option<&str>) -> Result<()> {
+    Spi::connect(|client| {
+        if run(client, &SET_ENABLED, &[tenant.into(), id.into(), enabled.into(), reason.into()])?.is_empty() {
+            return Err(endpoint_not_found(id));
+        }
+        Ok(())
+    })?;
+    crate::cache::invalidate(c"webhook_endpoints");
+    Ok(())
+}
+
+static RETRY: Statement = Statement {
+    sql: "UPDATE eventstore.webhook_deliveries
+             SET status = 'pending', next_attempt_at = statement_timestamp(), lease_until = NULL
+           WHERE tenant_id = $1 AND delivery_id = $2 AND status <> 'succeeded'
+          RETURNING 1",
+    args: &[TEXTOID, UUIDOID],
+    volatile: true,
+};
+
+static DELIVERY_EXISTS: Statement = Statement {
+    sql: "SELECT status FROM eventstore.webhook_deliveries WHERE tenant_id = $1 AND delivery_id = $2",
+    args: &[TEXTOID, UUIDOID],
+    volatile: true,
+};
+
+/// Makes a dead (or waiting) delivery due now; a delivered one is left alone (false).
+pub fn retry(tenant: &str, id: Uuid) -> Result<bool> {
+    Spi::connect(|client| {
+        if !run(client, &RETRY, &[tenant.into(), id.into()])?.is_empty() {
+            return Ok(true);
+        }
+        if run(client, &DELIVERY_EXISTS, &[tenant.into(), id.into()])?.is_empty() {
+            return Err(Error::new(Kind::NotFound, format!("webhook delivery {id} does not exist")));
+        }
+        Ok(false)
+    })
+}
+
+static RECOVER: Statement = Statement {
+    sql: "UPDATE eventstore.webhook_deliveries d
+             SET status = 'pending', next_attempt_at = statement_timestamp(), lease_until = NULL
+           WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND d.created_at >= $3
+             AND (d.status = 'dead' OR (d.status = 'pending' AND d.attempts > 0))
+          RETURNING 1",
+    args: &[TEXTOID, UUIDOID, TIMESTAMPTZOID],
+    volatile: true,
+};
+
+/// Enables the endpoint again and requeues what failed since `since`; returns how many.
+pub fn recover(tenant: &str, id: Uuid, since: pgrx::datum::TimestampWithTimeZone) -> Result<i32> {
+    set_enabled(tenant, id, true, None)?;
+    Spi::connect(|client| Ok(run(client, &RECOVER, &[tenant.into(), id.into(), since.into()])?.len() as i32))
+}
+
+static STATS: Statement = Statement {
+    sql: "WITH d AS (SELECT * FROM eventstore.webhook_deliveries WHERE tenant_id = $1 AND created_at >= $2),
+               a AS (SELECT * FROM eventstore.webhook_attempts WHERE tenant_id = $1 AND attempted_at >= $2)
+          SELECT jsonb_build_object(
+            'since', $2,
+            'deliveries', (SELECT count(*) FROM d),
+            'succeeded', (SELECT count(*) FROM d WHERE status = 'succeeded'),
+            'pending', (SELECT count(*) FROM d WHERE status IN ('pending', 'delivering')),
+            'dead', (SELECT count(*) FROM d WHERE status = 'dead'),
+            'attempts', (SELECT count(*) FROM a),
+            'failed_attempts', (SELECT count(*) FROM a WHERE status_code NOT BETWEEN 200 AND 299),
+            'avg_duration_ms', (SELECT round(avg(duration_ms)::numeric, 3) FROM a),
+            'p95_duration_ms', (SELECT round((percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms))::numeric, 3) FROM a),
+            'by_status_code', coalesce((SELECT jsonb_object_agg(status_code, n)
+                 FROM (SELECT status_code, count(*) AS n FROM a GROUP BY status_code) s), '{}'),
+            'endpoints', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                 'endpoint_id', w.endpoint_id, 'url', w.url, 'enabled', w.enabled,
+                 'disabled_reason', w.disabled_reason,
+                 'pending', (SELECT count(*) FROM eventstore.webhook_deliveries x
+                             WHERE x.endpoint_id = w.endpoint_id AND x.status IN ('pending', 'delivering')),
+                 'dead', (SELECT count(*) FROM d WHERE d.endpoint_id = w.endpoint_id AND d.status = 'dead'))
+                 ORDER BY w.created_at)
+               FROM eventstore.webhook_endpoints w WHERE w.tenant_id = $1), '[]'))",
+    args: &[TEXTOID, TIMESTAMPTZOID],
+    volatile: false,
+};
+
+pub fn stats(tenant: &str, since: pgrx::datum::TimestampWithTimeZone) -> Result<JsonB> {
+    Spi::connect(|client| {
+        run(client, &STATS, &[tenant.into(), since.into()])?
+            .first()
+            .get_one::<JsonB>()?
+            .ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: no statistics"))
+    })
+}
