@@ -25,10 +25,14 @@ if ! grep -qs "^pg15 *= *\"${PG_CONFIG}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.tom
   cargo pgrx init --pg15="${PG_CONFIG}" >/dev/null
 fi
 
-# Python for the client tests (psycopg, pytest) in a project-local virtualenv.
-if [ ! -x "${VENV}/bin/pytest" ] || ! "${VENV}/bin/python" -c 'import psycopg, pytest' 2>/dev/null; then
-  log "creating python virtualenv in ${VENV}"
-  python3 -m venv "${VENV}"
-  "${VENV}/bin/pip" install -q --disable-pip-version-check -r "${ROOT}/tests/client/requirements.txt"
+# Python for the client tests in a project-local virtualenv, refreshed when the
+# requirements change.
+REQUIREMENTS="${ROOT}/tests/client/requirements.txt"
+WANTED=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+if [ ! -x "${VENV}/bin/pytest" ] || [ "$(cat "${VENV}/.requirements.sha256" 2>/dev/null)" != "$WANTED" ]; then
+  log "installing the client tests' python packages into ${VENV}"
+  [ -x "${VENV}/bin/python" ] || python3 -m venv "${VENV}"
+  "${VENV}/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS"
+  echo "$WANTED" > "${VENV}/.requirements.sha256"
 fi
 log "setup complete"
