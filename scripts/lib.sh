@@ -22,7 +22,9 @@ cluster_start() {
   fi
   grep -q "^include_if_exists = 'eventstore.conf'" "$dir/data/postgresql.conf" ||
     echo "include_if_exists = 'eventstore.conf'" >> "$dir/data/postgresql.conf"
-  # the settings are written anew on every start, so a rerun picks up changes
+  # the settings are written anew whenever some are given, so a rerun picks up changes; a
+  # plain restart keeps them
+  if [ $# -gt 0 ] || [ ! -f "$dir/data/eventstore.conf" ]; then
   {
     echo "port = $port"
     echo "listen_addresses = '127.0.0.1'"
@@ -34,8 +36,10 @@ cluster_start() {
     for line in "$@"; do echo "$line"; done
   } > "$dir/data/eventstore.conf"
   chown postgres:postgres "$dir/data/eventstore.conf"
+  fi
   cluster_stop "$dir"
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+  # without RUST_BACKTRACE: errors passed through the extension must not carry Rust backtraces
+  env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 
 cluster_stop() {

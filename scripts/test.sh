@@ -44,7 +44,7 @@ install_extension || exit 1
 # the worker serves the database the worker tests use
 rm -rf "$TEST_DIR"
 cluster_start "$TEST_DIR" "$TEST_PORT" \
-  "eventstore.database = 'eventstore_worker_test'" "eventstore.worker_poll_interval = 50" || exit 1
+  "eventstore.database = 'eventstore_worker_test'" "eventstore.worker_poll_interval = 50" "eventstore.webhook_allowed_hosts = '127.0.0.1'" "eventstore.webhook_timeout = 2000" || exit 1
 trap 'cluster_stop "$TEST_DIR"; rm -rf "$OUT"' EXIT
 
 layer regress 'All [0-9]+ tests passed' '[0-9]+ of ' \

@@ -33,7 +33,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
         WHEN 'admin' THEN ARRAY[
             'delete_stream', 'grant_access', 'define_aggregate', 'define_reducer',
             'register_event_schema', 'register_upcaster', 'redact_event', 'redact_subject',
-            'register_projection', 'rebuild_projection', 'replay_parked_events',
+            'register_projection', 'rebuild_projection', 'replay_parked_events', 'drop_projection',
             'create_webhook_endpoint', 'queue_event_for_webhooks', 'rotate_webhook_secret',
             'retry_webhook_delivery', 'recover_webhook_endpoint', 'enable_webhook_endpoint',
             'disable_webhook_endpoint', 'get_webhook_delivery_stats']

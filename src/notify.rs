@@ -36,8 +36,14 @@ pub fn appended(tenant: &str, aggregate_type: &str) {
             // the workers need not wait for their next poll to see the new events
             register_xact_callback(PgXactCallbackEvent::Commit, crate::worker::status::wake_all);
         }
-        register_xact_callback(PgXactCallbackEvent::Abort, || TOUCHED.with(|t| *t.borrow_mut() = None));
+        register_xact_callback(PgXactCallbackEvent::Abort, forget);
+        // a prepared transaction cannot NOTIFY; what it touched must not leak into the next one
+        register_xact_callback(PgXactCallbackEvent::PrePrepare, forget);
     }
+}
+
+fn forget() {
+    TOUCHED.with(|t| *t.borrow_mut() = None);
 }
 
 fn send() {

@@ -51,6 +51,15 @@ fn rebuild_projection(name: Option<&str>) -> Result<i64, ErrorReport> {
     Ok(projections::rebuild(&tenant::current()?, &name)?)
 }
 
+/// Forgets a projection (its checkpoint and parked events; the handler's tables stay).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn drop_projection(name: Option<&str>) -> Result<(), ErrorReport> {
+    let name = input::name("name", name)?;
+    projections::drop(&tenant::current()?, &name)?;
+    Ok(())
+}
+
 /// Runs a projection's handler again for the events it parked; returns how many.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]

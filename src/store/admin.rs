@@ -25,6 +25,11 @@ static STATS: Statement = Statement {
                  FROM (SELECT aggregate_type, count(*) AS n FROM e GROUP BY aggregate_type) t), '{}'),
             'redacted_events', (SELECT count(*) FROM e WHERE e.redacted_at IS NOT NULL),
             'snapshots', (SELECT count(*) FROM eventstore.snapshots WHERE tenant_id = $1),
+            'subscriptions', (SELECT count(*) FROM eventstore.subscriptions WHERE tenant_id = $1),
+            'projections', (SELECT count(*) FROM eventstore.projections WHERE tenant_id = $1),
+            'webhook_endpoints', (SELECT count(*) FROM eventstore.webhook_endpoints WHERE tenant_id = $1),
+            'webhook_backlog', (SELECT count(*) FROM eventstore.webhook_deliveries
+                                WHERE tenant_id = $1 AND status IN ('pending', 'delivering')),
             'first_recorded_at', (SELECT min(recorded_at) FROM e),
             'last_recorded_at', (SELECT max(recorded_at) FROM e))",
     args: &[TEXTOID],

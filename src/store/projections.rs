@@ -15,7 +15,6 @@ use super::{Row, Stream, caller_context};
 use crate::cache::Memo;
 use crate::datum::RegProcedure;
 use crate::error::{Error, Kind, Result};
-use crate::feed::Cursor;
 
 /// An inline projection of a tenant, as the append path needs it.
 pub struct Inline {
@@ -276,29 +275,74 @@ static INLINE_ONE: Statement = Statement {
     volatile: true,
 };
 
-/// Feeds every committed event of the tenant to an inline projection's handler, in feed order.
+/// Every committed event of the tenant (matching the projection's types), by position, from
+/// the log itself: the feed would hold back events behind older open transactions, whose rows
+/// the reset has already cleared.
+static REPLAY_PAGE: Statement = Statement {
+    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
+                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
+                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
+                     e.transaction_id, e.redacted_at)::eventstore.event, e.global_position
+          FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.global_position > $2
+            AND ($3::text[] IS NULL OR e.event_type = ANY ($3))
+          ORDER BY e.global_position
+          LIMIT 1000",
+    args: &[TEXTOID, INT8OID, TEXTARRAYOID],
+    volatile: true,
+};
+
+/// Feeds every committed event of the tenant to an inline projection's handler.
 fn replay_inline(tenant: &str, name: &str) -> Result<i64> {
     let (handler, event_types): (String, Option<Vec<String>>) = Spi::connect(|client| {
         let row = run(client, &INLINE_ONE, &[tenant.into(), name.into()])?.first();
         Ok::<_, Error>((row.get(1)?.unwrap_or_default(), row.get(2)?))
     })?;
-    let mut after = Cursor::START;
-    let mut applied = 0i64;
+    let context = caller_context();
+    let (mut after, mut applied) = (0i64, 0i64);
     loop {
-        let rows = super::read::read_all(tenant, after, 1000, event_types.clone(), None)?;
-        if rows.is_empty() {
+        let (mut events, last) = Spi::connect(|client| {
+            let mut table = run(client, &REPLAY_PAGE, &[tenant.into(), after.into(), event_types.clone().into()])?;
+            let (mut events, mut last) = (Vec::new(), after);
+            while let Some(row) = table.next() {
+                last = row.get::<i64>(2)?.unwrap_or(last);
+                let datum = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(Kind::Internal, "a null event"))?;
+                events.push(super::copy_composite(context, datum));
+            }
+            Ok::<_, Error>((events, last))
+        })?;
+        if events.is_empty() {
             return Ok(applied);
         }
-        let last = *rows.last().expect("not empty");
+        super::read::upcast_rows(tenant, &mut events)?;
         Spi::connect(|client| {
-            for row in &rows {
-                as_caller(|| call(client, &handler, *row))?;
+            for event in &events {
+                as_caller(|| call(client, &handler, *event))?;
             }
             Ok::<_, Error>(())
         })?;
-        applied += rows.len() as i64;
-        after = super::read::cursor_of(last)?;
+        applied += events.len() as i64;
+        after = last;
     }
+}
+
+static DROP: Statement = Statement {
+    sql: "DELETE FROM eventstore.projections WHERE tenant_id = $1 AND name = $2 RETURNING 1",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+/// Forgets a projection and its parked events (the handler's tables are the user's).
+pub fn drop(tenant: &str, name: &str) -> Result<()> {
+    Spi::connect(|client| {
+        if run(client, &DROP, &[tenant.into(), name.into()])?.is_empty() {
+            return Err(not_found(name));
+        }
+        run(client, &CLEAR_PARKED, &[tenant.into(), name.into()])?;
+        Ok(())
+    })?;
+    crate::cache::invalidate(c"projections");
+    Ok(())
 }
 
 static STATUS: Statement = Statement {

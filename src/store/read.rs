@@ -144,11 +144,24 @@ pub fn read_all(
     Ok(rows)
 }
 
-/// The cursor of a feed row (an `eventstore.feed_event` datum).
-pub fn cursor_of(row: Row) -> Result<Cursor> {
-    let row = unsafe { PgHeapTuple::from_composite_datum(row) };
-    let cursor: Option<String> = row
-        .get_by_name("cursor")
-        .map_err(|e| Error::new(Kind::Internal, format!("eventstore internal error: {e}")))?;
-    Cursor::parse(&cursor.unwrap_or_default())
+/// The newest event of the tenant's feed now (the start when there is none).
+static FEED_END: Statement = Statement {
+    sql: "SELECT e.transaction_id::text, e.global_position FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+          ORDER BY e.transaction_id DESC, e.global_position DESC LIMIT 1",
+    args: &[TEXTOID],
+    // read with the caller's snapshot, like READ_ALL: a worker batch compares the two
+    volatile: false,
+};
+
+pub fn feed_end(tenant: &str) -> Result<Cursor> {
+    Spi::connect(|client| {
+        let table = run(client, &FEED_END, &[tenant.into()])?;
+        if table.is_empty() {
+            return Ok(Cursor::START);
+        }
+        let row = table.first();
+        let xid: String = row.get(1)?.unwrap_or_default();
+        Ok(Cursor { transaction_id: xid.parse().unwrap_or(0), position: row.get(2)?.unwrap_or(0) })
+    })
 }

@@ -9,15 +9,6 @@ use super::plans::{Statement, run};
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 
-/// The newest event of the tenant's feed now: a subscription from the end starts behind it.
-static FEED_END: Statement = Statement {
-    sql: "SELECT e.transaction_id::text, e.global_position FROM eventstore.events e
-          WHERE e.tenant_id = $1 AND e.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
-          ORDER BY e.transaction_id DESC, e.global_position DESC LIMIT 1",
-    args: &[TEXTOID],
-    volatile: true,
-};
-
 static CREATE: Statement = Statement {
     sql: "INSERT INTO eventstore.subscriptions (tenant_id, name, event_types, aggregate_types,
               checkpoint_xid, checkpoint_position)
@@ -70,18 +61,7 @@ pub fn create(
     from_end: bool,
 ) -> Result<String> {
     Spi::connect(|client| {
-        let start = if from_end {
-            let end = run(client, &FEED_END, &[tenant.into()])?;
-            if end.is_empty() {
-                Cursor::START
-            } else {
-                let row = end.first();
-                let xid: String = row.get(1)?.unwrap_or_default();
-                Cursor { transaction_id: xid.parse().unwrap_or(0), position: row.get(2)?.unwrap_or(0) }
-            }
-        } else {
-            Cursor::START
-        };
+        let start = if from_end { super::read::feed_end(tenant)? } else { Cursor::START };
         let inserted = run(client, &CREATE, &[
             tenant.into(),
             name.into(),

@@ -39,6 +39,16 @@ static ASYNC: Statement = Statement {
     volatile: true,
 };
 
+/// The projection, without a lock: is there anything to do?
+static PEEK: Statement = Statement {
+    sql: "SELECT p.handler::regproc::text, p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
+                 p.failing_event_id, p.attempts, p.run_as
+          FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.name = $2 AND p.mode = 'async'",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
 /// The projection, locked for this batch (a rebuild in progress makes the worker skip it).
 static CLAIM: Statement = Statement {
     sql: "SELECT p.handler::regproc::text, p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
@@ -117,36 +127,42 @@ struct Progress {
 }
 
 /// One batch of one projection; returns the events applied and whether the batch was full.
+/// An idle projection costs no write and no transaction id: its row is locked (and updated)
+/// only when there are events to apply or its checkpoint can move.
 fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
-    let claimed = Spi::connect(|client| {
-        let table = run(client, &CLAIM, &[tenant.into(), name.into()])?;
-        if table.is_empty() {
-            return Ok(None);
-        }
-        let row = table.first();
-        let handler: String = row.get(1)?.unwrap_or_default();
-        let event_types: Option<Vec<String>> = row.get(2)?;
-        let xid: String = row.get(3)?.unwrap_or_default();
-        let checkpoint = Cursor { transaction_id: xid.parse().unwrap_or(0), position: row.get(4)?.unwrap_or(0) };
-        let failing: Option<Uuid> = row.get(5)?;
-        let attempts: i32 = row.get(6)?.unwrap_or(0);
-        let run_as: pg_sys::Oid = row.get(7)?.unwrap_or(pg_sys::InvalidOid);
-        run(client, &SET_TENANT, &[tenant.into()])?;
-        Ok::<_, Error>(Some((handler, event_types, checkpoint, failing, attempts, run_as)))
-    })?;
-    let Some((handler, event_types, checkpoint, failing, attempts, run_as)) = claimed else {
+    let Some(seen) = Spi::connect(|client| read_projection(client, &PEEK, tenant, name))? else {
         return Ok((0, false));
     };
     let size = guc::WORKER_BATCH_SIZE.get().max(1);
-    let max_attempts = guc::PROJECTION_MAX_ATTEMPTS.get().max(1);
-    let rows = read::read_all(tenant, checkpoint, size, event_types, None)?;
+    // the feed's end first, then the events: a batch that is not full has seen every event up
+    // to that end, so the checkpoint may move there even past events the filter skips
+    let end = read::feed_end(tenant)?;
+    let rows = read::read_all(tenant, seen.checkpoint, size, seen.event_types.clone(), None)?;
     let full = rows.len() as i32 == size;
-    let mut progress = Progress { checkpoint, applied: 0, failing, attempts, error: None };
+    if rows.is_empty() && end <= seen.checkpoint {
+        return Ok((0, false));
+    }
+    let Some(claimed) = Spi::connect(|client| {
+        let claimed = read_projection(client, &CLAIM, tenant, name)?;
+        if claimed.is_some() {
+            run(client, &SET_TENANT, &[tenant.into()])?;
+        }
+        Ok::<_, Error>(claimed)
+    })?
+    else {
+        return Ok((0, false));
+    };
+    if claimed.checkpoint != seen.checkpoint {
+        // a rebuild moved it meanwhile: next round
+        return Ok((0, false));
+    }
+    let max_attempts = guc::PROJECTION_MAX_ATTEMPTS.get().max(1);
+    let mut progress = Progress { checkpoint: claimed.checkpoint, applied: 0, failing: claimed.failing, attempts: claimed.attempts, error: None };
     let mut parked = Vec::new();
     for row in &rows {
         let (cursor, event_id, position) = feed_fields(*row)?;
         let outcome = subtransaction(|| {
-            Spi::connect(|client| as_role(run_as, || projections::call_feed(client, &handler, *row)))
+            Spi::connect(|client| as_role(claimed.run_as, || projections::call_feed(client, &claimed.handler, *row)))
         });
         match outcome {
             Ok(()) => {
@@ -169,6 +185,9 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
                 }
             }
         }
+    }
+    if !full && progress.failing.is_none() && progress.error.is_none() && end > progress.checkpoint {
+        progress.checkpoint = end;
     }
     Spi::connect(|client| {
         for (event_id, position, message, attempts) in &parked {
@@ -194,6 +213,33 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
         Ok::<_, Error>(())
     })?;
     Ok((progress.applied as u64, full && progress.failing.is_none()))
+}
+
+/// A projection's row as a batch needs it.
+struct Claimed {
+    handler: String,
+    event_types: Option<Vec<String>>,
+    checkpoint: Cursor,
+    failing: Option<Uuid>,
+    attempts: i32,
+    run_as: pg_sys::Oid,
+}
+
+fn read_projection(client: &pgrx::spi::SpiClient<'_>, stmt: &'static Statement, tenant: &str, name: &str) -> Result<Option<Claimed>> {
+    let table = run(client, stmt, &[tenant.into(), name.into()])?;
+    if table.is_empty() {
+        return Ok(None);
+    }
+    let row = table.first();
+    let xid: String = row.get(3)?.unwrap_or_default();
+    Ok(Some(Claimed {
+        handler: row.get(1)?.unwrap_or_default(),
+        event_types: row.get(2)?,
+        checkpoint: Cursor { transaction_id: xid.parse().unwrap_or(0), position: row.get(4)?.unwrap_or(0) },
+        failing: row.get(5)?,
+        attempts: row.get(6)?.unwrap_or(0),
+        run_as: row.get(7)?.unwrap_or(pg_sys::InvalidOid),
+    }))
 }
 
 /// The cursor, event id and position of a feed row.

@@ -9,9 +9,11 @@ SQL functions, an error assertion, and threads that always end in bounded time.
 """
 
 import os
+import subprocess
 import threading
 import time
 import uuid
+import warnings
 
 import psycopg
 import pytest
@@ -304,3 +306,107 @@ def stored_events(conn, tenant, aggregate_type, aggregate_id):
 def server_now(conn):
     """The server's clock (not the transaction start): a point in time between two commits."""
     return conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
+
+
+# --- the background worker's database (design.md §5) ---------------------------------------
+# The preloaded worker serves the database named by eventstore.database; scripts/test.sh sets it
+# to WORKER_DB. A test module that needs the worker overrides `database` with this fixture:
+#
+#     @pytest.fixture(scope="module")
+#     def database(worker_database):
+#         return worker_database
+#
+# Modules run one after another, so each may drop and recreate WORKER_DB; the worker ends when
+# its database is dropped and the postmaster starts it again within ~5 s.
+
+WORKER_DB = "eventstore_worker_test"
+PG_CTL = "/usr/lib/postgresql/15/bin/pg_ctl"
+# the worker comes up within 5 s (its restart interval) once its database exists
+WORKER_START_TIMEOUT = 30
+
+
+def create_extension(dbname, timeout=60):
+    """CREATE EXTENSION eventstore, retried while another session reinstalls the library."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with admin_connect(dbname) as conn:
+                conn.execute("CREATE EXTENSION eventstore")
+            return
+        except psycopg.Error as e:
+            if "could not find function" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def recreate_worker_database():
+    with admin_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{WORKER_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{WORKER_DB}"')
+    create_extension(WORKER_DB)
+
+
+def worker_status_now():
+    """eventstore.worker_status() of WORKER_DB from a short-lived connection; None while the
+    server does not accept connections (crash recovery, restart)."""
+    try:
+        conn = psycopg.connect(dsn(WORKER_DB, connect_timeout=5), autocommit=True)
+    except psycopg.OperationalError:
+        return None
+    with conn:
+        try:
+            return conn.execute("SELECT eventstore.worker_status()").fetchone()[0]
+        except psycopg.Error:
+            return None
+
+
+def wait_for_worker(timeout=WORKER_START_TIMEOUT, not_pid=None):
+    """Waits until the worker runs in WORKER_DB (with a pid other than `not_pid`); returns its
+    worker_status(), or None after `timeout` seconds."""
+    def running():
+        s = worker_status_now()
+        return s if s and s.get("running") and s.get("pid") != not_pid else None
+    try:
+        return wait_until(running, timeout=timeout, interval=0.1, what="the eventstore worker")
+    except AssertionError:
+        return None
+
+
+def restart_cluster():
+    """pg_ctl restart of the test cluster (EVENTSTORE_TEST_CLUSTER); its log stays where it was."""
+    assert CLUSTER, "EVENTSTORE_TEST_CLUSTER is not set: cannot restart the cluster"
+    cmd = [PG_CTL, "-D", f"{CLUSTER}/data", "-l", f"{CLUSTER}/server.log", "-m", "fast", "-w", "-t", "60",
+           "restart"]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--"] + cmd
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90)
+
+
+def connect_retrying(connect, timeout=60, **kwargs):
+    """connect(**kwargs) retried while the server restarts after a crash."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = connect(**kwargs)
+            conn.execute("SELECT 1")
+            return conn
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def worker_database():
+    """WORKER_DB created afresh with eventstore installed and the worker running in it;
+    dropped afterwards."""
+    recreate_worker_database()
+    if wait_for_worker() is None:
+        if not CLUSTER:
+            pytest.fail(f"the eventstore worker did not start in {WORKER_DB} within {WORKER_START_TIMEOUT}s")
+        warnings.warn("the eventstore worker did not come back after its database was recreated; restarting the cluster")
+        restart_cluster()
+        assert wait_for_worker() is not None, f"no eventstore worker in {WORKER_DB} even after a restart"
+    yield WORKER_DB
+    with admin_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{WORKER_DB}" WITH (FORCE)')
