@@ -186,8 +186,7 @@ fn claim(batch: i32) -> Result<Option<Vec<Endpoint>>> {
 /// The HTTP calls, outside any transaction; plain Rust threads (they touch nothing of
 /// PostgreSQL), one per endpoint, at most `webhook_max_in_flight` at a time.
 fn call_all(endpoints: &[Endpoint]) -> Vec<Vec<Outcome>> {
-    let timeout = Duration::from_millis(guc::WEBHOOK_TIMEOUT.get().max(100) as u64);
-    let agent = http::agent(timeout, guc::string(&guc::WEBHOOK_ALLOWED_HOSTS).unwrap_or_default());
+    let agent = agent();
     let in_flight = guc::WEBHOOK_MAX_IN_FLIGHT.get().max(1) as usize;
     let mut outcomes = Vec::with_capacity(endpoints.len());
     for wave in endpoints.chunks(in_flight) {
@@ -199,6 +198,27 @@ fn call_all(endpoints: &[Endpoint]) -> Vec<Vec<Outcome>> {
         });
     }
     outcomes
+}
+
+thread_local! {
+    /// The HTTP agent, kept across rounds so connections to receivers are reused; made anew
+    /// when its settings change.
+    static AGENT: std::cell::RefCell<Option<((i32, String), ureq::Agent)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn agent() -> ureq::Agent {
+    let settings = (guc::WEBHOOK_TIMEOUT.get().max(100), guc::string(&guc::WEBHOOK_ALLOWED_HOSTS).unwrap_or_default());
+    AGENT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        match &*cell {
+            Some((kept, agent)) if *kept == settings => agent.clone(),
+            _ => {
+                let agent = http::agent(Duration::from_millis(settings.0 as u64), settings.1.clone());
+                *cell = Some((settings, agent.clone()));
+                agent
+            }
+        }
+    })
 }
 
 fn unix_now() -> i64 {
