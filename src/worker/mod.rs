@@ -46,6 +46,22 @@ pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
+/// The worker slot serving this backend's database, if a worker serves it.
+pub fn serving_slot() -> Option<usize> {
+    thread_local! {
+        static SLOT: std::cell::OnceCell<Option<usize>> = const { std::cell::OnceCell::new() };
+    }
+    if !preloaded() {
+        return None;
+    }
+    SLOT.with(|slot| {
+        *slot.get_or_init(|| {
+            let database = current_database();
+            guc::databases().iter().take(status::MAX_WORKERS).position(|d| *d == database)
+        })
+    })
+}
+
 /// 55000 unless a worker serves the current database.
 pub fn require() -> Result<()> {
     let hint = "Add eventstore to shared_preload_libraries and this database to eventstore.database, then restart the server.";
@@ -88,6 +104,7 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        send_notices(slot);
         let applied = projections::round(slot);
         let (delivered, more_deliveries) = crate::webhooks::deliver::round(slot);
         status::ran(slot, applied.applied + delivered);
@@ -99,6 +116,34 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     // from DROP DATABASE ... WITH (FORCE); the database may come back). At server shutdown it
     // is not restarted anyway.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+static NOTIFY: crate::store::plans::Statement = crate::store::plans::Statement {
+    sql: "SELECT pg_notify($1, $2)",
+    args: &[pg_sys::BuiltinOid::TEXTOID, pg_sys::BuiltinOid::TEXTOID],
+    volatile: true,
+};
+
+/// Sends the notifications appenders left (see notify.rs), in one short transaction.
+fn send_notices(slot: usize) {
+    let (notices, overflowed) = status::take_notices(slot);
+    if notices.is_empty() && !overflowed {
+        return;
+    }
+    transaction(slot, "sending notifications", || {
+        Spi::connect(|client| {
+            for (tenant, types) in &notices {
+                let payload = crate::notify::payload(Some(tenant), types.as_deref());
+                crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
+            }
+            if overflowed {
+                // some notes were lost: say that something changed, for everyone
+                let payload = crate::notify::payload(None, None);
+                crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
+            }
+            Ok(())
+        })
+    });
 }
 
 /// Runs `f` in its own transaction; an error is logged and recorded and the transaction rolled

@@ -53,6 +53,7 @@ pub static STATUS: PgLwLock<Status> = unsafe { PgLwLock::new(c"eventstore_worker
 /// From _PG_init, when preloaded: reserves the shared memory.
 pub fn init() {
     pgrx::pg_shmem_init!(STATUS);
+    pgrx::pg_shmem_init!(NOTICES);
 }
 
 fn put(buf: &mut [u8], text: &str) {
@@ -113,4 +114,102 @@ pub fn wake_all() {
 /// The slot of the worker serving `database`, if any.
 pub fn of(database: &str) -> Option<Slot> {
     STATUS.share().slots.iter().find(|s| text(&s.database) == database).copied()
+}
+
+/// Notifications appenders leave for the worker of their database, which sends them: NOTIFY
+/// from every appending transaction would serialize all their commits on the notification
+/// queue's lock; here only the worker takes it.
+pub const NOTICES_PER_WORKER: usize = 64;
+const TENANT: usize = 128;
+const TYPES: usize = 384;
+
+#[derive(Clone, Copy)]
+pub struct Notice {
+    pub tenant: [u8; TENANT],
+    /// aggregate types, comma-separated
+    pub types: [u8; TYPES],
+    /// false when the types did not fit: "some aggregate types"
+    pub types_complete: bool,
+}
+
+#[derive(Clone, Copy)]
+pub struct NoticeQueue {
+    pub len: usize,
+    /// a notice did not fit: the worker says "something changed" without saying what
+    pub overflowed: bool,
+    pub notices: [Notice; NOTICES_PER_WORKER],
+}
+
+#[derive(Clone, Copy)]
+pub struct Notices {
+    pub queues: [NoticeQueue; MAX_WORKERS],
+}
+
+impl Default for Notices {
+    fn default() -> Self {
+        let notice = Notice { tenant: [0; TENANT], types: [0; TYPES], types_complete: true };
+        let queue = NoticeQueue { len: 0, overflowed: false, notices: [notice; NOTICES_PER_WORKER] };
+        Notices { queues: [queue; MAX_WORKERS] }
+    }
+}
+
+unsafe impl PGRXSharedMemory for Notices {}
+
+pub static NOTICES: PgLwLock<Notices> = unsafe { PgLwLock::new(c"eventstore_worker_notices") };
+
+/// Leaves the tenants and aggregate types a committed transaction touched for worker `slot`.
+/// Never fails (it runs after the commit): what does not fit marks the queue overflowed.
+pub fn leave_notices(slot: usize, touched: &[(String, Vec<String>)]) {
+    let mut notices = NOTICES.exclusive();
+    let queue = &mut notices.queues[slot];
+    for (tenant, types) in touched {
+        if tenant.len() >= TENANT {
+            queue.overflowed = true;
+            continue;
+        }
+        let index = match (0..queue.len).find(|i| text(&queue.notices[*i].tenant) == *tenant) {
+            Some(i) => i,
+            None if queue.len < NOTICES_PER_WORKER => {
+                let i = queue.len;
+                queue.len += 1;
+                let notice = &mut queue.notices[i];
+                put(&mut notice.tenant, tenant);
+                put(&mut notice.types, "");
+                notice.types_complete = true;
+                i
+            }
+            None => {
+                queue.overflowed = true;
+                continue;
+            }
+        };
+        let notice = &mut queue.notices[index];
+        let mut all: std::collections::BTreeSet<String> =
+            text(&notice.types).split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        all.extend(types.iter().cloned());
+        let joined = all.into_iter().collect::<Vec<_>>().join(",");
+        if joined.len() < TYPES {
+            put(&mut notice.types, &joined);
+        } else {
+            notice.types_complete = false;
+        }
+    }
+}
+
+/// Takes what appenders left for worker `slot`: (tenant, types or None when incomplete), and
+/// whether some notices were lost.
+pub fn take_notices(slot: usize) -> (Vec<(String, Option<Vec<String>>)>, bool) {
+    let mut notices = NOTICES.exclusive();
+    let queue = &mut notices.queues[slot];
+    let taken = (0..queue.len)
+        .map(|i| {
+            let n = &queue.notices[i];
+            let types = n.types_complete.then(|| text(&n.types).split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect());
+            (text(&n.tenant), types)
+        })
+        .collect();
+    let overflowed = queue.overflowed;
+    queue.len = 0;
+    queue.overflowed = false;
+    (taken, overflowed)
 }
