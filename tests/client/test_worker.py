@@ -11,6 +11,7 @@ Some tests kill the worker (SIGKILL: the postmaster restarts the whole cluster; 
 worker ends and is started again), so this module needs the cluster on this machine.
 """
 
+import json
 import os
 import signal
 import time
@@ -633,3 +634,24 @@ def test_worker_reconnects_after_its_database_is_recreated(database):
             "the worker did not come back within 20 s after its database was dropped and created again"
     finally:
         ensure_worker()
+
+
+def test_where_a_worker_serves_the_database_it_sends_the_notifications(connect, tenant):
+    """Appending transactions leave their notification to the worker (so their commits do not
+    take turns on NOTIFY's lock): one notification per commit, from the worker's process,
+    naming the tenant and both aggregate types; nothing while open, nothing after a rollback."""
+    listener = connect()
+    listener.execute("LISTEN eventstore_events")
+    worker_pid = int(listener.execute("SELECT eventstore.worker_status()->>'pid' AS pid").fetchone()["pid"])
+    writer = connect(tenant=tenant, autocommit=False)
+    append(writer, "order", unique("o"), "Placed", {})
+    append(writer, "invoice", unique("i"), "Issued", {})
+    assert list(listener.notifies(timeout=0.5)) == []
+    writer.commit()
+    got = list(listener.notifies(timeout=5, stop_after=1))
+    assert len(got) == 1
+    assert got[0].pid == worker_pid
+    assert json.loads(got[0].payload) == {"tenant_id": tenant, "aggregate_types": ["invoice", "order"]}
+    append(writer, "order", unique("o"), "Placed", {})
+    writer.rollback()
+    assert list(listener.notifies(timeout=1)) == []
