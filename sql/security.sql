@@ -62,14 +62,19 @@ BEGIN
     END IF;
 
     EXECUTE format('GRANT USAGE ON SCHEMA eventstore TO %I', role);
-    -- direct reads of every tenant-scoped table, under its RLS policies
+    -- direct reads of every tenant-scoped table, under its RLS policies; webhook signing
+    -- secrets stay unreadable (whoever reads them can forge webhooks)
     FOR tbl IN
         SELECT c.oid::regclass FROM pg_class c
         WHERE c.relnamespace = 'eventstore'::regnamespace AND c.relkind IN ('r', 'p')
-          AND c.relrowsecurity
+          AND c.relrowsecurity AND c.relname <> 'webhook_endpoints'
     LOOP
         EXECUTE format('GRANT SELECT ON %s TO %I', tbl, role);
     END LOOP;
+    EXECUTE format('GRANT SELECT (endpoint_id, tenant_id, url, description, event_types, aggregate_types,
+                           previous_secret_until, retry_schedule, rate_limit_per_second, enabled,
+                           disabled_reason, disabled_at, created_at, updated_at)
+                    ON eventstore.webhook_endpoints TO %I', role);
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'eventstore'::regnamespace

@@ -1,6 +1,7 @@
 //! GDPR redaction (design.md §4.4): a payload becomes `{"redacted": true}`; the event keeps its
 //! identity, type, version, position and metadata; the audit row says who, when and why; the
-//! stream's snapshots are dropped so state is recomputed from the redacted log.
+//! stream's snapshots are dropped so state is recomputed from the redacted log, and webhook
+//! deliveries of the event that have not gone out yet lose the payload too.
 
 use pgrx::Uuid;
 use pgrx::datum::DatumWithOid;
@@ -46,6 +47,15 @@ static REDACT: Statement = Statement {
              SET payload = '{\"redacted\": true}', redacted_at = statement_timestamp()
            WHERE e.tenant_id = $1 AND e.event_id = $2 AND e.redacted_at IS NULL
           RETURNING 1",
+    args: &[TEXTOID, UUIDOID],
+    volatile: true,
+};
+
+/// Webhook bodies are frozen when queued; those not delivered yet lose the payload too.
+static REDACT_WEBHOOKS: Statement = Statement {
+    sql: "UPDATE eventstore.webhook_deliveries
+             SET body = jsonb_set(body::jsonb, '{data,payload}', '{\"redacted\": true}')::text
+           WHERE tenant_id = $1 AND event_id = $2 AND status <> 'succeeded'",
     args: &[TEXTOID, UUIDOID],
     volatile: true,
 };
@@ -122,5 +132,6 @@ fn redact(client: &SpiClient<'_>, tenant: &str, event_id: Uuid, reason: &str) ->
         caller_name().into(),
     ];
     run(client, &AUDIT, &args)?;
+    run(client, &REDACT_WEBHOOKS, &[tenant.into(), event_id.into()])?;
     drop_snapshots(&stream)
 }

@@ -113,6 +113,33 @@ struct Outcome {
     attempt_started: i64,
 }
 
+static RELEASE: Statement = Statement {
+    sql: "UPDATE eventstore.webhook_deliveries SET status = 'pending', lease_until = NULL
+          WHERE status = 'delivering'",
+    args: &[],
+    volatile: true,
+};
+
+/// At start: the leases of a worker that crashed are released at once (one worker serves a
+/// database, so every lease is a dead worker's), instead of holding the queues until they
+/// expire. Those deliveries go out again with the same webhook-id.
+pub fn release_leases(slot: usize) {
+    transaction(slot, "releasing webhook leases", || {
+        Spi::connect(|client| {
+            if run(client, &INSTALLED, &[])?.first().get_one::<bool>()?.unwrap_or(false) {
+                run(client, &RELEASE, &[])?;
+            }
+            Ok(())
+        })
+    });
+}
+
+static INSTALLED: Statement = Statement {
+    sql: "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventstore')",
+    args: &[],
+    volatile: true,
+};
+
 /// One round; returns the deliveries attempted and whether more are waiting.
 pub fn round(slot: usize) -> (u64, bool) {
     let batch = guc::WEBHOOK_BATCH_SIZE.get().max(1);

@@ -95,6 +95,7 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     status::started(slot, &database);
     log!("eventstore worker started for database \"{database}\"");
+    crate::webhooks::deliver::release_leases(slot);
     let mut idle = false;
     loop {
         let wait = if idle { Duration::from_millis(guc::WORKER_POLL_INTERVAL.get().max(10) as u64) } else { Duration::ZERO };
