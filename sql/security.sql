@@ -9,7 +9,8 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['streams', 'events', 'aggregates', 'reducers', 'snapshots',
                              'event_schemas', 'upcasters', 'redactions', 'subscriptions',
                              'projections', 'parked_events', 'webhook_endpoints',
-                             'webhook_deliveries', 'webhook_attempts']
+                             'webhook_deliveries', 'webhook_attempts', 'api_request_log',
+                             'api_version_usage']
     LOOP
         EXECUTE format('ALTER TABLE eventstore.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE eventstore.%I FORCE ROW LEVEL SECURITY', t);
@@ -27,7 +28,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
             'current_tenant', 'read_stream', 'stream_version', 'read_all', 'feed_lag',
             'get_event_store_stats', 'get_aggregate_state', 'create_subscription',
             'poll_subscription', 'ack_subscription', 'drop_subscription', 'projection_status',
-            'worker_status']
+            'worker_status', 'route_api_call', 'get_active_api_version']
         WHEN 'writer' THEN ARRAY[
             'append_event', 'append_events', 'create_snapshot']
         WHEN 'admin' THEN ARRAY[
@@ -36,7 +37,9 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
             'register_projection', 'rebuild_projection', 'replay_parked_events', 'drop_projection',
             'create_webhook_endpoint', 'queue_event_for_webhooks', 'rotate_webhook_secret',
             'retry_webhook_delivery', 'recover_webhook_endpoint', 'enable_webhook_endpoint',
-            'disable_webhook_endpoint', 'get_webhook_delivery_stats']
+            'disable_webhook_endpoint', 'get_webhook_delivery_stats', 'register_api_version',
+            'register_api_route', 'register_api_change', 'deprecate_api_version', 'switch_api_version',
+            'get_api_usage']
     END
 $$;
 

@@ -12,8 +12,9 @@ use pgrx::pg_sys;
 use crate::error::Result;
 
 /// The definition tables whose changes invalidate the caches.
-const WATCHED_TABLES: [&std::ffi::CStr; 6] =
-    [c"aggregates", c"reducers", c"event_schemas", c"upcasters", c"projections", c"webhook_endpoints"];
+const WATCHED_TABLES: [&std::ffi::CStr; 10] =
+    [c"aggregates", c"reducers", c"event_schemas", c"upcasters", c"projections", c"webhook_endpoints",
+     c"api_versions", c"api_routes", c"api_changes", c"active_api_version"];
 
 thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };

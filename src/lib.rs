@@ -16,6 +16,7 @@ mod json;
 mod notify;
 mod store;
 mod tenant;
+mod versioning;
 mod webhooks;
 mod worker;
 
@@ -28,6 +29,7 @@ mod tests;
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/state.sql", name = "state", requires = ["schema"]);
 extension_sql_file!("../sql/downstream.sql", name = "downstream", requires = ["schema"]);
+extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
 extension_sql_file!("../sql/webhooks.sql", name = "webhooks", requires = ["schema"]);
 extension_sql_file!("../sql/webhooks_trigger.sql", name = "webhooks_trigger", requires = ["webhooks", api::webhooks::_queue_webhooks]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);

@@ -9,6 +9,7 @@ pub mod projections;
 pub mod read;
 pub mod state;
 pub mod subscriptions;
+pub mod versioning;
 pub mod webhooks;
 
 use crate::error::Result;

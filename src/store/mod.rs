@@ -13,6 +13,7 @@ pub mod read;
 pub mod redact;
 pub mod state;
 pub mod subscriptions;
+pub mod versioning;
 pub mod webhooks;
 
 use pgrx::memcxt::PgMemoryContexts;

@@ -71,8 +71,11 @@ impl Version {
             return err(format!("a version has at most {MAX_VERSION_LEN} characters"));
         }
         let body = text.strip_prefix(['v', 'V']).unwrap_or(text);
-        if let Some(core) = date(body) {
-            return Ok(Version { core, pre: Vec::new(), text: text.to_owned() });
+        if looks_like_date(body) {
+            return match date(body) {
+                Some(core) => Ok(Version { core, pre: Vec::new(), text: text.to_owned() }),
+                None => err(format!("\"{body}\" is not a date")),
+            };
         }
         let (body, build) = match body.split_once('+') {
             Some((body, build)) => (body, Some(build)),
@@ -109,6 +112,12 @@ impl Version {
     fn component(&self, i: usize) -> u64 {
         self.core.get(i).copied().unwrap_or(0)
     }
+}
+
+/// `NNNN-NN-NN`: a date, valid or not (not a pre-release of version NNNN).
+fn looks_like_date(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 10 && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
 }
 
 /// `YYYY-MM-DD` as [year, month, day], or None.

@@ -14,7 +14,7 @@ for file in "$HERE"/sql/*.sql; do
   test=$(basename "$file" .sql)
   db="regress_${test}"
   "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" || exit 1
-  "${PSQL[@]}" -d "$db" -c "CREATE EXTENSION eventstore" || exit 1
+  "${PSQL[@]}" -d "$db" -c "CREATE EXTENSION eventstore" -f "$HERE/setup.sql" || exit 1
   "$PG_REGRESS" --use-existing --host=127.0.0.1 --port="$PORT" --user=postgres --dbname="$db" \
     --inputdir="$HERE" --outputdir="$OUTDIR/$test" "$test" || { rc=1; cat "$OUTDIR/$test/regression.diffs" 2>/dev/null | head -150; }
   "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"

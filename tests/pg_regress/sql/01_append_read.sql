@@ -1,17 +1,6 @@
 -- Appending and reading streams: versions, expected versions, batches, errors (design.md §3.2-3.3).
 SET client_min_messages = warning;
 SET timezone = 'UTC';
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
 
 -- a new stream starts at version 1; expected_version 0 means "must not exist yet"
 SELECT aggregate_version, global_position
@@ -47,44 +36,44 @@ SELECT aggregate_version, global_position
 SELECT count(*) AS cart_events FROM eventstore.read_stream('cart', 'c-1');
 
 -- wrong expected versions: 40001, and nothing is written
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'Late', '{}', expected_version => 2)$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'Late', '{}', expected_version => 0)$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-2', 'Late', '{}', expected_version => -1)$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-2', 'Late', '{}', expected_version => 5)$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'Late', '{}', expected_version => 2)$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'Late', '{}', expected_version => 0)$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-2', 'Late', '{}', expected_version => -1)$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-2', 'Late', '{}', expected_version => 5)$$);
 SELECT eventstore.stream_version('order', 'o-1') AS still_4;
 
 -- invalid input: 22023 with what is wrong, nothing written
-SELECT pg_temp.fails($$SELECT eventstore.append_event('', 'o-1', 'X', '{}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', NULL, 'X', '{}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', repeat('x', 256), 'X', '{}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '[1, 2]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', NULL)$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', '"meta"')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', '{"occurred_at": "yesterday"}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', '{"correlation_id": "not-a-uuid"}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', expected_version => -5)$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '{"event_type": "X"}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "X", "payload": {}}, {"event_type": "Y", "payload": 3}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "X", "payload": {}, "payloud": {}}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1',
+SELECT fails($$SELECT eventstore.append_event('', 'o-1', 'X', '{}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', NULL, 'X', '{}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', repeat('x', 256), 'X', '{}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '[1, 2]')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', NULL)$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', '"meta"')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', '{"occurred_at": "yesterday"}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', '{"correlation_id": "not-a-uuid"}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}', expected_version => -5)$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '{"event_type": "X"}')$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[]')$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "X", "payload": {}}, {"event_type": "Y", "payload": 3}]')$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "X", "payload": {}, "payloud": {}}]')$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1',
     (SELECT jsonb_agg(jsonb_build_object('event_type', 'X', 'payload', '{}'::jsonb)) FROM generate_series(1, 10001)))$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.read_stream('order', 'o-1', from_version => 0)$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.read_stream('order', 'o-1', max_count => 0)$$);
+SELECT fails($$SELECT * FROM eventstore.read_stream('order', 'o-1', from_version => 0)$$);
+SELECT fails($$SELECT * FROM eventstore.read_stream('order', 'o-1', max_count => 0)$$);
 SELECT eventstore.stream_version('order', 'o-1') AS still_4;
 SELECT count(*) AS total_events FROM eventstore.events;
 
 -- duplicate and partly overlapping event ids: 23505
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-9', 'X', '{}', event_id => '6f1c3c1e-0c1a-4d7e-9a55-222222222222')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('cart', 'c-1', '[
+SELECT fails($$SELECT eventstore.append_event('order', 'o-9', 'X', '{}', event_id => '6f1c3c1e-0c1a-4d7e-9a55-222222222222')$$);
+SELECT fails($$SELECT eventstore.append_events('cart', 'c-1', '[
     {"event_type": "ItemAdded", "payload": {"sku": "Y"}, "event_id": "6f1c3c1e-0c1a-4d7e-9a55-222222222222"},
     {"event_type": "ItemAdded", "payload": {"sku": "Z"}, "event_id": "6f1c3c1e-0c1a-4d7e-9a55-333333333333"}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[
     {"event_type": "X", "payload": {}, "event_id": "6f1c3c1e-0c1a-4d7e-9a55-444444444444"},
     {"event_type": "X", "payload": {}, "event_id": "6f1c3c1e-0c1a-4d7e-9a55-444444444444"}]')$$);
 
 -- the log is append-only
-SELECT pg_temp.fails($$UPDATE eventstore.events SET payload = '{}'$$);
-SELECT pg_temp.fails($$DELETE FROM eventstore.events$$);
-SELECT pg_temp.fails($$TRUNCATE eventstore.events$$);
+SELECT fails($$UPDATE eventstore.events SET payload = '{}'$$);
+SELECT fails($$DELETE FROM eventstore.events$$);
+SELECT fails($$TRUNCATE eventstore.events$$);
 SELECT count(*) AS total_events FROM eventstore.events;

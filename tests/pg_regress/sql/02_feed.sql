@@ -1,16 +1,5 @@
 -- The global feed: order, cursors, filters (design.md §3.3).
 SET client_min_messages = warning;
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
 
 SELECT count(*) FROM eventstore.append_events('order', 'o-1', '[{"event_type": "OrderPlaced", "payload": {"n": 1}}, {"event_type": "ItemAdded", "payload": {"n": 2}}]');
 SELECT count(*) FROM eventstore.append_event('customer', 'c-1', 'CustomerRegistered', '{"n": 3}');
@@ -49,8 +38,8 @@ SELECT count(*) AS visible_in_feed FROM eventstore.read_all() WHERE aggregate_id
 SELECT eventstore.feed_lag() -> 'held_back_events' AS held_back;
 
 -- bad cursors and bounds: 22023
-SELECT pg_temp.fails($$SELECT * FROM eventstore.read_all(after => 'yesterday')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.read_all(max_count => 100000)$$);
+SELECT fails($$SELECT * FROM eventstore.read_all(after => 'yesterday')$$);
+SELECT fails($$SELECT * FROM eventstore.read_all(max_count => 100000)$$);
 
 -- statistics of the current tenant
 SELECT eventstore.get_event_store_stats() - 'first_recorded_at' - 'last_recorded_at' AS stats;

@@ -1,24 +1,13 @@
 -- Tenancy: current_tenant(), RLS with SET ROLE, grant_access, privileges (design.md §2).
 SET client_min_messages = warning;
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
 
 CREATE ROLE regress_es_writer;
 CREATE ROLE regress_es_reader;
 CREATE ROLE regress_es_nobody;
 SELECT eventstore.grant_access('regress_es_writer', 'writer');
 SELECT eventstore.grant_access('regress_es_reader', 'reader');
-SELECT pg_temp.fails($$SELECT eventstore.grant_access('regress_es_reader', 'owner')$$);
-SELECT pg_temp.fails($$SELECT eventstore.grant_access('regress_no_such_role', 'reader')$$);
+SELECT fails($$SELECT eventstore.grant_access('regress_es_reader', 'owner')$$);
+SELECT fails($$SELECT eventstore.grant_access('regress_no_such_role', 'reader')$$);
 
 -- the tenant: default, then the setting, then a (dotted) JWT claim as PostgREST sets it
 SELECT eventstore.current_tenant();
@@ -32,11 +21,11 @@ SELECT eventstore.current_tenant();
 COMMIT;
 SELECT eventstore.current_tenant();
 SET eventstore.require_tenant = on;
-SELECT pg_temp.fails($$SELECT eventstore.current_tenant()$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}')$$);
+SELECT fails($$SELECT eventstore.current_tenant()$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}')$$);
 RESET eventstore.require_tenant;
 -- the setting prefix is reserved: a typo is an error, not silence
-SELECT pg_temp.fails($$SET eventstore.tenant = 'a'$$);
+SELECT fails($$SET eventstore.tenant = 'a'$$);
 
 -- two tenants write the same stream name: two independent streams
 SET ROLE regress_es_writer;
@@ -56,25 +45,32 @@ SELECT eventstore.get_event_store_stats() -> 'total_events' AS b_events;
 SELECT eventstore.feed_lag() -> 'held_back_events' AS b_held_back;
 
 -- writers cannot touch the tables directly
-SELECT pg_temp.fails($$INSERT INTO eventstore.events (global_position, event_id, tenant_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, occurred_at, recorded_at, transaction_id) VALUES (99, gen_random_uuid(), 'tenant-a', 'order', 'o-1', 3, 'Forged', '{}', now(), now(), pg_current_xact_id())$$);
-SELECT pg_temp.fails($$UPDATE eventstore.streams SET version = 0$$);
-SELECT pg_temp.fails($$DELETE FROM eventstore.streams$$);
+SELECT fails($$INSERT INTO eventstore.events (global_position, event_id, tenant_id, aggregate_type, aggregate_id, aggregate_version, event_type, payload, occurred_at, recorded_at, transaction_id) VALUES (99, gen_random_uuid(), 'tenant-a', 'order', 'o-1', 3, 'Forged', '{}', now(), now(), pg_current_xact_id())$$);
+SELECT fails($$UPDATE eventstore.streams SET version = 0$$);
+SELECT fails($$DELETE FROM eventstore.streams$$);
 -- and writers are not admins
-SELECT pg_temp.fails($$SELECT eventstore.delete_stream('order', 'o-1')$$);
+SELECT fails($$SELECT eventstore.delete_stream('order', 'o-1')$$);
 RESET ROLE;
+
+-- a webhook endpoint of tenant a: readers see it, but never its signing secret
+SET eventstore.tenant_id = 'tenant-a';
+SELECT count(*) FROM eventstore.create_webhook_endpoint('https://hooks.example.com/a');
 
 -- a reader reads, under its tenant, and cannot append
 SET ROLE regress_es_reader;
 SET eventstore.tenant_id = 'tenant-a';
+SELECT url FROM eventstore.webhook_endpoints;
+SELECT fails($$SELECT secret FROM eventstore.webhook_endpoints$$);
+SELECT fails($$SELECT previous_secret FROM eventstore.webhook_endpoints$$);
 SELECT tenant_id, aggregate_version, payload FROM eventstore.read_stream('order', 'o-1') ORDER BY aggregate_version;
 SELECT count(*) AS a_rows FROM eventstore.events;
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'X', '{}')$$);
 RESET ROLE;
 
 -- a role without access sees nothing at all
 SET ROLE regress_es_nobody;
-SELECT pg_temp.fails($$SELECT * FROM eventstore.read_stream('order', 'o-1')$$);
-SELECT pg_temp.fails($$SELECT count(*) FROM eventstore.events$$);
+SELECT fails($$SELECT * FROM eventstore.read_stream('order', 'o-1')$$);
+SELECT fails($$SELECT count(*) FROM eventstore.events$$);
 RESET ROLE;
 RESET eventstore.tenant_id;
 

@@ -1,16 +1,5 @@
 -- Deleting streams: soft delete hides and numbering goes on; hard delete is a tombstone (design.md §3.5).
 SET client_min_messages = warning;
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
 
 SELECT count(*) FROM eventstore.append_events('order', 'o-1', '[{"event_type": "A", "payload": {}}, {"event_type": "B", "payload": {}}]');
 
@@ -20,8 +9,8 @@ SELECT eventstore.delete_stream('order', 'o-1') AS deleted_again;
 SELECT eventstore.delete_stream('order', 'never-existed') AS deleted_missing;
 SELECT eventstore.stream_version('order', 'o-1');
 SELECT count(*) AS readable FROM eventstore.read_stream('order', 'o-1');
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'C', '{}', expected_version => -1)$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'C', '{}', expected_version => 2)$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'C', '{}', expected_version => -1)$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'C', '{}', expected_version => 2)$$);
 
 -- a later append recreates it, numbering on; the old events stay hidden
 SELECT aggregate_version FROM eventstore.append_event('order', 'o-1', 'C', '{}', expected_version => 0);
@@ -32,15 +21,15 @@ SELECT aggregate_version FROM eventstore.append_event('order', 'o-1', 'D', '{}',
 -- hard delete: every later append fails with 55000; events stay in the log
 SELECT eventstore.delete_stream('order', 'o-1', hard => true) AS tombstoned;
 SELECT eventstore.delete_stream('order', 'o-1', hard => true) AS tombstoned_again;
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'E', '{}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'E', '{}', expected_version => 0)$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "E", "payload": {}}]')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'E', '{}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'E', '{}', expected_version => 0)$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "E", "payload": {}}]')$$);
 SELECT eventstore.stream_version('order', 'o-1');
 SELECT count(*) AS readable FROM eventstore.read_stream('order', 'o-1');
 SELECT aggregate_version, event_type FROM eventstore.read_all(aggregate_types => ARRAY['order']) ORDER BY cursor;
 
 -- a stream that never existed can be tombstoned too
 SELECT eventstore.delete_stream('order', 'o-2', hard => true) AS tombstoned;
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-2', 'A', '{}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-2', 'A', '{}')$$);
 SELECT aggregate_id, version, deleted_at IS NOT NULL AS deleted, hard_deleted, hidden_through
   FROM eventstore.streams ORDER BY aggregate_id;

@@ -1,17 +1,6 @@
 -- Aggregate state: reducers, declarative rules, snapshots, time travel (design.md §4.1, §4.2, §4.5).
 SET client_min_messages = warning;
 SET timezone = 'UTC';
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
 -- the state at every version of a stream, one row each
 CREATE FUNCTION pg_temp.history(agg text, id text, upto int)
 RETURNS TABLE (v int, version bigint, state jsonb, snapshot_version bigint) LANGUAGE sql AS $f$
@@ -141,24 +130,24 @@ SELECT * FROM pg_temp.snapshots('tally', 't-1');
 CREATE FUNCTION app.one_arg(state jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT state';
 CREATE FUNCTION app.returns_text(state jsonb, event eventstore.event) RETURNS text LANGUAGE sql AS 'SELECT state::text';
 CREATE FUNCTION app.returns_set(state jsonb, event eventstore.event) RETURNS SETOF jsonb LANGUAGE sql AS 'SELECT state';
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.one_arg(jsonb)')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.returns_text(jsonb, eventstore.event)')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.returns_set(jsonb, eventstore.event)')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.missing(jsonb, eventstore.event)')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '{"op": "set", "path": "a", "value": 1}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "unset", "path": "a"}, {"op": "sett", "path": "a", "value": 1}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "set", "path": "a"}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "set", "path": "a", "from": "b", "value": 1}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "increment", "path": 7, "value": 1}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "remove", "path": "a", "value": 1}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "append", "path": "a..b", "value": 1}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "$delete", "path": "a"}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => NULL::jsonb)$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_reducer('tally', 'Bad', '[]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_aggregate('tally', '{}', snapshot_every => 0)$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_aggregate('tally', '{}', keep_snapshots => 0)$$);
-SELECT pg_temp.fails($$SELECT eventstore.define_aggregate('tally', NULL)$$);
-SELECT pg_temp.fails($$SELECT eventstore.get_aggregate_state('tally', 't-1', at_version => -1)$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.one_arg(jsonb)')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.returns_text(jsonb, eventstore.event)')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.returns_set(jsonb, eventstore.event)')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', handler => 'app.missing(jsonb, eventstore.event)')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '{"op": "set", "path": "a", "value": 1}')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "unset", "path": "a"}, {"op": "sett", "path": "a", "value": 1}]')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "set", "path": "a"}]')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "set", "path": "a", "from": "b", "value": 1}]')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "increment", "path": 7, "value": 1}]')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "remove", "path": "a", "value": 1}]')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "append", "path": "a..b", "value": 1}]')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => '[{"op": "$delete", "path": "a"}]')$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', rule => NULL::jsonb)$$);
+SELECT fails($$SELECT eventstore.define_reducer('tally', 'Bad', '[]')$$);
+SELECT fails($$SELECT eventstore.define_aggregate('tally', '{}', snapshot_every => 0)$$);
+SELECT fails($$SELECT eventstore.define_aggregate('tally', '{}', keep_snapshots => 0)$$);
+SELECT fails($$SELECT eventstore.define_aggregate('tally', NULL)$$);
+SELECT fails($$SELECT eventstore.get_aggregate_state('tally', 't-1', at_version => -1)$$);
 SELECT count(*) AS bad_reducers FROM eventstore.reducers WHERE event_type = 'Bad';
 SELECT aggregate_type, initial_state, snapshot_every, keep_snapshots FROM eventstore.aggregates ORDER BY aggregate_type;
 

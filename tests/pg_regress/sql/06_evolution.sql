@@ -1,25 +1,14 @@
 -- Event schema evolution (JSON Schemas, upcasters) and GDPR redaction (design.md §4.3, §4.4).
 SET client_min_messages = warning;
 SET timezone = 'UTC';
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
 
 -- a JSON Schema validates every append of its event type
 SELECT eventstore.register_event_schema('OrderPlaced', 1, '{
   "type": "object", "required": ["customer_name"],
   "properties": {"customer_name": {"type": "string"}, "total": {"type": "number"}}}');
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'OrderPlaced', '{"total": 12}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'OrderPlaced', '{"customer_name": 7, "total": "12"}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'OrderPlaced', '{"total": 12}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'OrderPlaced', '{"customer_name": 7, "total": "12"}')$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[
   {"event_type": "OrderPlaced", "payload": {"customer_name": "Ann"}},
   {"event_type": "OrderPlaced", "payload": {"customer_name": null}}]')$$);
 SELECT eventstore.stream_version('order', 'o-1') AS nothing_written;
@@ -30,22 +19,22 @@ SELECT aggregate_version FROM eventstore.append_event('order', 'o-1', 'OrderPlac
 SELECT eventstore.register_event_schema('OrderPlaced', 2, '{
   "type": "object", "required": ["customer"],
   "properties": {"customer": {"type": "object", "required": ["name"]}}}');
-SELECT pg_temp.fails($$SELECT eventstore.append_event('order', 'o-1', 'OrderPlaced', '{"customer_name": "Bob"}')$$);
+SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'OrderPlaced', '{"customer_name": "Bob"}')$$);
 SELECT aggregate_version FROM eventstore.append_event('order', 'o-1', 'OrderPlaced', '{"customer": {"name": "Bob"}, "total": 5, "status": "paid"}');
 SELECT aggregate_version FROM eventstore.append_events('order', 'o-1', '[
   {"event_type": "OrderPlaced", "schema_version": 1, "payload": {"customer_name": "Cy", "total": 1}},
   {"event_type": "OrderShipped", "schema_version": 4, "payload": {"status": "new"}}]') ORDER BY aggregate_version;
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "OrderPlaced", "schema_version": 3, "payload": {"customer": {"name": "D"}}}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "OrderPlaced", "schema_version": 1, "payload": {"customer": {"name": "D"}}}]')$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "OrderPlaced", "schema_version": 3, "payload": {"customer": {"name": "D"}}}]')$$);
+SELECT fails($$SELECT eventstore.append_events('order', 'o-1', '[{"event_type": "OrderPlaced", "schema_version": 1, "payload": {"customer": {"name": "D"}}}]')$$);
 
 -- registration: the same schema again is a no-op; a different one for a version, an invalid one: 22023
 SELECT eventstore.register_event_schema('OrderPlaced', 2, '{
   "properties": {"customer": {"required": ["name"], "type": "object"}},
   "required": ["customer"], "type": "object"}');
-SELECT pg_temp.fails($$SELECT eventstore.register_event_schema('OrderPlaced', 2, '{"type": "object"}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_event_schema('OrderPlaced', 3, '{"type": "nope"}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_event_schema('OrderPlaced', 0, '{}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_event_schema('OrderPlaced', 3, NULL)$$);
+SELECT fails($$SELECT eventstore.register_event_schema('OrderPlaced', 2, '{"type": "object"}')$$);
+SELECT fails($$SELECT eventstore.register_event_schema('OrderPlaced', 3, '{"type": "nope"}')$$);
+SELECT fails($$SELECT eventstore.register_event_schema('OrderPlaced', 0, '{}')$$);
+SELECT fails($$SELECT eventstore.register_event_schema('OrderPlaced', 3, NULL)$$);
 SELECT event_type, schema_version FROM eventstore.event_schemas ORDER BY event_type, schema_version;
 
 -- upcasters: chained v1 -> v2 -> v3, applied on read
@@ -62,13 +51,13 @@ SELECT eventstore.register_upcaster('OrderPlaced', 2, 3, '[
   {"op": "set_default", "path": "total.currency", "value": "EUR"},
   {"op": "map_values", "path": "status", "map": {"new": "pending"}},
   {"op": "remove", "path": "legacy"}]') AS same_again;
-SELECT pg_temp.fails($$SELECT eventstore.register_upcaster('OrderPlaced', 1, 3, '[]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_upcaster('OrderPlaced', 2, 4, '[]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_upcaster('OrderPlaced', 1, 2, '[]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 3, '[]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 4, '[{"op": "set", "path": "a", "value": 1}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 4, '[{"op": "rename", "from": "a"}]')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 4, '[{"op": "wrap", "path": ["a"], "into": "b"}]')$$);
+SELECT fails($$SELECT eventstore.register_upcaster('OrderPlaced', 1, 3, '[]')$$);
+SELECT fails($$SELECT eventstore.register_upcaster('OrderPlaced', 2, 4, '[]')$$);
+SELECT fails($$SELECT eventstore.register_upcaster('OrderPlaced', 1, 2, '[]')$$);
+SELECT fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 3, '[]')$$);
+SELECT fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 4, '[{"op": "set", "path": "a", "value": 1}]')$$);
+SELECT fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 4, '[{"op": "rename", "from": "a"}]')$$);
+SELECT fails($$SELECT eventstore.register_upcaster('OrderPlaced', 3, 4, '[{"op": "wrap", "path": ["a"], "into": "b"}]')$$);
 SELECT event_type, from_version, to_version FROM eventstore.upcasters ORDER BY event_type, from_version;
 
 SELECT aggregate_version, event_type, schema_version, payload FROM eventstore.read_stream('order', 'o-1') ORDER BY aggregate_version;
@@ -115,9 +104,9 @@ SELECT aggregate_type, aggregate_id, event_id = :'first_event' AS same_id, reaso
 -- the snapshots are dropped; the state is recomputed from the redacted log
 SELECT version FROM eventstore.snapshots WHERE aggregate_id = 'c-1' ORDER BY version;
 SELECT version, state, snapshot_version FROM eventstore.get_aggregate_state('customer', 'c-1');
-SELECT pg_temp.fails($$SELECT eventstore.redact_event('00000000-0000-0000-0000-000000000001', 'gdpr')$$);
-SELECT pg_temp.fails($$SELECT eventstore.redact_event('$$ || :'first_event' || $$', '  ')$$);
-SELECT pg_temp.fails($$SELECT eventstore.redact_event(NULL, 'gdpr')$$);
+SELECT fails($$SELECT eventstore.redact_event('00000000-0000-0000-0000-000000000001', 'gdpr')$$);
+SELECT fails($$SELECT eventstore.redact_event('$$ || :'first_event' || $$', '  ')$$);
+SELECT fails($$SELECT eventstore.redact_event(NULL, 'gdpr')$$);
 
 -- redact a subject: every event of this tenant holding the value at the path
 SELECT count(*) FROM eventstore.append_events('order', 'o-9', '[
@@ -132,17 +121,17 @@ SELECT eventstore.redact_subject('$.customer.email', 'x@example.com', 'erase x')
 SELECT tenant_id, aggregate_id, aggregate_version, payload, redacted_at IS NOT NULL AS redacted
   FROM eventstore.events WHERE aggregate_id IN ('o-9', 'c-1') ORDER BY tenant_id, aggregate_id, aggregate_version;
 SELECT tenant_id, aggregate_type, aggregate_id, reason, redacted_by FROM eventstore.redactions ORDER BY redaction_id;
-SELECT pg_temp.fails($$SELECT eventstore.redact_subject('a..b', 'x', 'gdpr')$$);
-SELECT pg_temp.fails($$SELECT eventstore.redact_subject('email', 'x', '')$$);
+SELECT fails($$SELECT eventstore.redact_subject('a..b', 'x', 'gdpr')$$);
+SELECT fails($$SELECT eventstore.redact_subject('email', 'x', '')$$);
 
 -- the log stays append-only: for the superuser too, and the switch is not for application roles
-SELECT pg_temp.fails($$UPDATE eventstore.events SET payload = '{}'$$);
-SELECT pg_temp.fails($$DELETE FROM eventstore.events$$);
-SELECT pg_temp.fails($$TRUNCATE eventstore.events$$);
+SELECT fails($$UPDATE eventstore.events SET payload = '{}'$$);
+SELECT fails($$DELETE FROM eventstore.events$$);
+SELECT fails($$TRUNCATE eventstore.events$$);
 SET ROLE regress_es_dpo;
-SELECT pg_temp.fails($$SET eventstore.redacting = on$$);
-SELECT pg_temp.fails($$SELECT set_config('eventstore.redacting', 'on', true)$$);
-SELECT pg_temp.fails($$UPDATE eventstore.events SET payload = '{}'$$);
+SELECT fails($$SET eventstore.redacting = on$$);
+SELECT fails($$SELECT set_config('eventstore.redacting', 'on', true)$$);
+SELECT fails($$UPDATE eventstore.events SET payload = '{}'$$);
 RESET ROLE;
 
 DROP OWNED BY regress_es_dpo;

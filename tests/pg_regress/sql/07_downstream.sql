@@ -2,17 +2,6 @@
 -- This database is not the one the background worker serves, so async projections are refused;
 -- the worker itself is exercised by tests/client/test_worker.py.
 SET client_min_messages = warning;
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
 
 SELECT count(*) FROM eventstore.append_events('order', 'o-1', '[{"event_type": "OrderPlaced", "payload": {"n": 1}}, {"event_type": "ItemAdded", "payload": {"n": 2}}]');
 SELECT count(*) FROM eventstore.append_event('customer', 'c-1', 'CustomerRegistered', '{"n": 3}');
@@ -50,28 +39,28 @@ SELECT global_position, event_type FROM eventstore.poll_subscription('tail') ORD
 SELECT global_position, event_type FROM eventstore.poll_subscription('placed') ORDER BY cursor;
 
 -- errors
-SELECT pg_temp.fails($$SELECT eventstore.create_subscription('all')$$);
-SELECT pg_temp.fails($$SELECT eventstore.create_subscription('mid', start_from => 'middle')$$);
-SELECT pg_temp.fails($$SELECT eventstore.create_subscription('mid', start_from => NULL)$$);
-SELECT pg_temp.fails($$SELECT eventstore.create_subscription('')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.poll_subscription('nope')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.poll_subscription('all', max_count => 0)$$);
-SELECT pg_temp.fails($$SELECT eventstore.ack_subscription('nope', '0000000000000000-0000000000000000')$$);
-SELECT pg_temp.fails($$SELECT eventstore.ack_subscription('all', 'yesterday')$$);
-SELECT pg_temp.fails($$SELECT eventstore.ack_subscription('all', NULL)$$);
-SELECT pg_temp.fails($$SELECT eventstore.drop_subscription('nope')$$);
+SELECT fails($$SELECT eventstore.create_subscription('all')$$);
+SELECT fails($$SELECT eventstore.create_subscription('mid', start_from => 'middle')$$);
+SELECT fails($$SELECT eventstore.create_subscription('mid', start_from => NULL)$$);
+SELECT fails($$SELECT eventstore.create_subscription('')$$);
+SELECT fails($$SELECT * FROM eventstore.poll_subscription('nope')$$);
+SELECT fails($$SELECT * FROM eventstore.poll_subscription('all', max_count => 0)$$);
+SELECT fails($$SELECT eventstore.ack_subscription('nope', '0000000000000000-0000000000000000')$$);
+SELECT fails($$SELECT eventstore.ack_subscription('all', 'yesterday')$$);
+SELECT fails($$SELECT eventstore.ack_subscription('all', NULL)$$);
+SELECT fails($$SELECT eventstore.drop_subscription('nope')$$);
 
 -- another tenant: none of these subscriptions exist there, names are free
 SET eventstore.tenant_id = 'other';
-SELECT pg_temp.fails($$SELECT * FROM eventstore.poll_subscription('all')$$);
-SELECT pg_temp.fails($$SELECT eventstore.ack_subscription('all', '0000000000000000-0000000000000000')$$);
-SELECT pg_temp.fails($$SELECT eventstore.drop_subscription('all')$$);
+SELECT fails($$SELECT * FROM eventstore.poll_subscription('all')$$);
+SELECT fails($$SELECT eventstore.ack_subscription('all', '0000000000000000-0000000000000000')$$);
+SELECT fails($$SELECT eventstore.drop_subscription('all')$$);
 SELECT eventstore.create_subscription('all');
 SELECT count(*) AS other_tenant_events FROM eventstore.poll_subscription('all');
 RESET eventstore.tenant_id;
 
 SELECT eventstore.drop_subscription('tail');
-SELECT pg_temp.fails($$SELECT * FROM eventstore.poll_subscription('tail')$$);
+SELECT fails($$SELECT * FROM eventstore.poll_subscription('tail')$$);
 SELECT tenant_id, name FROM eventstore.subscriptions ORDER BY tenant_id, name;
 
 -- projections: handlers (event eventstore.event), reset functions without arguments
@@ -94,20 +83,20 @@ CREATE FUNCTION returns_set(e eventstore.event) RETURNS SETOF int LANGUAGE sql A
 CREATE PROCEDURE a_procedure(e eventstore.event) LANGUAGE sql AS $f$ SELECT $f$;
 
 -- wrong handlers, modes and names: 22023; async needs the worker's database: 55000
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', 'takes_jsonb(jsonb)', mode => 'inline')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', 'takes_two(eventstore.event, int)', mode => 'inline')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', 'returns_set(eventstore.event)', mode => 'inline')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', 'a_procedure(eventstore.event)', mode => 'inline')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)', mode => 'inline', reset => 'takes_jsonb(jsonb)')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', NULL, mode => 'inline')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('', 'apply_balance(eventstore.event)', mode => 'inline')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)', mode => 'sync')$$);
-SELECT pg_temp.fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)', mode => NULL)$$);
+SELECT fails($$SELECT eventstore.register_projection('p', 'takes_jsonb(jsonb)', mode => 'inline')$$);
+SELECT fails($$SELECT eventstore.register_projection('p', 'takes_two(eventstore.event, int)', mode => 'inline')$$);
+SELECT fails($$SELECT eventstore.register_projection('p', 'returns_set(eventstore.event)', mode => 'inline')$$);
+SELECT fails($$SELECT eventstore.register_projection('p', 'a_procedure(eventstore.event)', mode => 'inline')$$);
+SELECT fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)', mode => 'inline', reset => 'takes_jsonb(jsonb)')$$);
+SELECT fails($$SELECT eventstore.register_projection('p', NULL, mode => 'inline')$$);
+SELECT fails($$SELECT eventstore.register_projection('', 'apply_balance(eventstore.event)', mode => 'inline')$$);
+SELECT fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)', mode => 'sync')$$);
+SELECT fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)', mode => NULL)$$);
 -- (the detail names the server's eventstore.database setting, which depends on the cluster)
-SELECT split_part(pg_temp.fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)')$$), ' (', 1) AS async_here;
+SELECT split_part(fails($$SELECT eventstore.register_projection('p', 'apply_balance(eventstore.event)')$$), ' (', 1) AS async_here;
 SELECT count(*) AS projections FROM eventstore.projections;
-SELECT pg_temp.fails($$SELECT eventstore.rebuild_projection('p')$$);
-SELECT pg_temp.fails($$SELECT eventstore.replay_parked_events('p')$$);
+SELECT fails($$SELECT eventstore.rebuild_projection('p')$$);
+SELECT fails($$SELECT eventstore.replay_parked_events('p')$$);
 
 -- an inline projection runs in the appending transaction, from the next append on
 SELECT eventstore.register_projection('balances', 'apply_balance(eventstore.event)',
@@ -124,8 +113,8 @@ SELECT * FROM balances ORDER BY account;
 SELECT eventstore.stream_version('account', 'acc-2');
 
 -- a failing handler fails the append with its own error; nothing is written
-SELECT pg_temp.fails($$SELECT eventstore.append_event('account', 'acc-3', 'Deposited', '{"amount": 5000}')$$) ~ '^23514 amount 5000 is over the limit \(the limit is 1000' AS handler_error;
-SELECT pg_temp.fails($$SELECT eventstore.append_events('account', 'acc-1', '[{"event_type": "Deposited", "payload": {"amount": 1}}, {"event_type": "Deposited", "payload": {"amount": 5000}}]')$$) ~ '^23514 amount 5000 is over the limit' AS handler_error;
+SELECT fails($$SELECT eventstore.append_event('account', 'acc-3', 'Deposited', '{"amount": 5000}')$$) ~ '^23514 amount 5000 is over the limit \(the limit is 1000' AS handler_error;
+SELECT fails($$SELECT eventstore.append_events('account', 'acc-1', '[{"event_type": "Deposited", "payload": {"amount": 1}}, {"event_type": "Deposited", "payload": {"amount": 5000}}]')$$) ~ '^23514 amount 5000 is over the limit' AS handler_error;
 SELECT eventstore.stream_version('account', 'acc-3') AS acc3, eventstore.stream_version('account', 'acc-1') AS acc1;
 SELECT * FROM balances ORDER BY account;
 
@@ -143,7 +132,7 @@ SELECT eventstore.replay_parked_events('balances');
 SET eventstore.tenant_id = 'other';
 SELECT count(*) FROM eventstore.append_event('account', 'acc-9', 'Deposited', '{"amount": 9}');
 SELECT count(*) AS other_projections FROM eventstore.projection_status();
-SELECT pg_temp.fails($$SELECT eventstore.rebuild_projection('balances')$$);
+SELECT fails($$SELECT eventstore.rebuild_projection('balances')$$);
 RESET eventstore.tenant_id;
 SELECT * FROM balances ORDER BY account;
 

@@ -3,20 +3,9 @@
 -- deliveries stay queued. Delivery itself is exercised by tests/client/test_webhooks.py.
 -- Secrets, ids and times are random or moving, so only their shape is shown.
 SET client_min_messages = warning;
--- errors are shown as "SQLSTATE message (detail)" so the golden file pins the codes too
-CREATE FUNCTION pg_temp.fails(statement text) RETURNS text LANGUAGE plpgsql AS $f$
-DECLARE state text; message text; detail text;
-BEGIN
-    EXECUTE statement;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-    RETURN state || ' ' || message || coalesce(' (' || nullif(detail, '') || ')', '');
-END
-$f$;
--- the same, with the random ids in the message masked
+-- fails() (tests/pg_regress/setup.sql), with the random ids in the message masked
 CREATE FUNCTION pg_temp.fails_masked(statement text) RETURNS text LANGUAGE sql AS $f$
-    SELECT regexp_replace(pg_temp.fails(statement), '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'g')
+    SELECT regexp_replace(fails(statement), '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'g')
 $f$;
 
 -- signatures: the known answer of the Standard Webhooks test suite; the prefix is optional
@@ -26,27 +15,27 @@ SELECT eventstore.sign_webhook('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_p5jXN8AQ
 SELECT eventstore.sign_webhook('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_p5jXN8AQM9LWM0D4loKWxJek', 1614265331, '{"test": 2432232314}');
 SELECT eventstore.sign_webhook('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_p5jXN8AQM9LWM0D4loKWxJek', 1614265330, '{"test":2432232314}');
 SELECT eventstore.sign_webhook(NULL, 'msg_1', 1, '{}') IS NULL AS strict;
-SELECT pg_temp.fails($$SELECT eventstore.sign_webhook('whsec_!!!', 'msg_1', 1, '{}')$$);
-SELECT pg_temp.fails($$SELECT eventstore.sign_webhook('whsec_', 'msg_1', 1, '{}')$$);
+SELECT fails($$SELECT eventstore.sign_webhook('whsec_!!!', 'msg_1', 1, '{}')$$);
+SELECT fails($$SELECT eventstore.sign_webhook('whsec_', 'msg_1', 1, '{}')$$);
 
 -- endpoints: checked when created
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('ftp://example.com/hook')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('example.com/hook')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('http:///hook')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://user:secret@example.com/')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://example.com:99999/')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://10.0.0.1/hook')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://169.254.169.254/latest/meta-data')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://192.168.0.1/')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://[::1]:8080/')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint(NULL)$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', event_types => '{}')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', aggregate_types => '{}')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', event_types => '{""}')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', retry_schedule => '{}')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', retry_schedule => '{0,-5}')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', retry_schedule => '{0,604801}')$$);
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', rate_limit_per_second => 0)$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('ftp://example.com/hook')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('example.com/hook')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('http:///hook')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://user:secret@example.com/')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://example.com:99999/')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://10.0.0.1/hook')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://169.254.169.254/latest/meta-data')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://192.168.0.1/')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('http://[::1]:8080/')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint(NULL)$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', event_types => '{}')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', aggregate_types => '{}')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', event_types => '{""}')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', retry_schedule => '{}')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', retry_schedule => '{0,-5}')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', retry_schedule => '{0,604801}')$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/hook', rate_limit_per_second => 0)$$);
 SELECT count(*) AS endpoints FROM eventstore.webhook_endpoints;
 
 -- created: a random id and a secret of 'whsec_' + base64 of 24 random bytes
@@ -91,8 +80,8 @@ SELECT endpoint_id AS late_id FROM eventstore.create_webhook_endpoint('https://e
 SELECT eventstore.queue_event_for_webhooks((SELECT event_id FROM eventstore.events WHERE global_position = 1));
 SELECT eventstore.queue_event_for_webhooks((SELECT event_id FROM eventstore.events WHERE global_position = 1));
 SELECT global_position, event_type FROM eventstore.webhook_deliveries WHERE endpoint_id = :'late_id' ORDER BY global_position;
-SELECT pg_temp.fails($$SELECT eventstore.queue_event_for_webhooks('00000000-0000-0000-0000-000000000000')$$);
-SELECT pg_temp.fails($$SELECT eventstore.queue_event_for_webhooks(NULL)$$);
+SELECT fails($$SELECT eventstore.queue_event_for_webhooks('00000000-0000-0000-0000-000000000000')$$);
+SELECT fails($$SELECT eventstore.queue_event_for_webhooks(NULL)$$);
 
 -- disabled endpoints get nothing queued; enabling does not queue the past
 SELECT eventstore.disable_webhook_endpoint(:'late_id', 'maintenance');
@@ -114,9 +103,9 @@ SELECT secret = :'new_secret' AS secret_is_new, previous_secret = :'all_secret' 
 SELECT eventstore.rotate_webhook_secret(:'all_id', '5 minutes') <> :'new_secret' AS changed_again;
 SELECT previous_secret = :'new_secret' AS previous_is_the_last, previous_secret_until - updated_at = interval '5 minutes' AS grace
   FROM eventstore.webhook_endpoints WHERE endpoint_id = :'all_id';
-SELECT pg_temp.fails($$SELECT eventstore.rotate_webhook_secret('00000000-0000-0000-0000-000000000000')$$);
-SELECT pg_temp.fails($$SELECT eventstore.rotate_webhook_secret(NULL)$$);
-SELECT pg_temp.fails(format('SELECT eventstore.rotate_webhook_secret(%L, NULL)', :'all_id'));
+SELECT fails($$SELECT eventstore.rotate_webhook_secret('00000000-0000-0000-0000-000000000000')$$);
+SELECT fails($$SELECT eventstore.rotate_webhook_secret(NULL)$$);
+SELECT fails(format('SELECT eventstore.rotate_webhook_secret(%L, NULL)', :'all_id'));
 
 -- retry and recover (nothing failed yet: the worker does not serve this database)
 SELECT eventstore.retry_webhook_delivery((SELECT delivery_id FROM eventstore.webhook_deliveries WHERE endpoint_id = :'all_id' AND global_position = 1)) AS retried;
@@ -132,12 +121,12 @@ SELECT eventstore.recover_webhook_endpoint(:'orders_id', now() + interval '1 hou
 SELECT eventstore.recover_webhook_endpoint(:'orders_id', now() - interval '1 hour') AS recovered;
 SELECT url, enabled, disabled_reason FROM eventstore.webhook_endpoints WHERE endpoint_id = :'orders_id';
 SELECT global_position, status, attempts FROM eventstore.webhook_deliveries WHERE endpoint_id = :'orders_id' ORDER BY global_position;
-SELECT pg_temp.fails($$SELECT eventstore.retry_webhook_delivery('00000000-0000-0000-0000-000000000000')$$);
-SELECT pg_temp.fails($$SELECT eventstore.retry_webhook_delivery(NULL)$$);
-SELECT pg_temp.fails($$SELECT eventstore.recover_webhook_endpoint('00000000-0000-0000-0000-000000000000', now())$$);
-SELECT pg_temp.fails(format('SELECT eventstore.recover_webhook_endpoint(%L, NULL)', :'orders_id'));
-SELECT pg_temp.fails($$SELECT eventstore.enable_webhook_endpoint('00000000-0000-0000-0000-000000000000')$$);
-SELECT pg_temp.fails($$SELECT eventstore.disable_webhook_endpoint('00000000-0000-0000-0000-000000000000')$$);
+SELECT fails($$SELECT eventstore.retry_webhook_delivery('00000000-0000-0000-0000-000000000000')$$);
+SELECT fails($$SELECT eventstore.retry_webhook_delivery(NULL)$$);
+SELECT fails($$SELECT eventstore.recover_webhook_endpoint('00000000-0000-0000-0000-000000000000', now())$$);
+SELECT fails(format('SELECT eventstore.recover_webhook_endpoint(%L, NULL)', :'orders_id'));
+SELECT fails($$SELECT eventstore.enable_webhook_endpoint('00000000-0000-0000-0000-000000000000')$$);
+SELECT fails($$SELECT eventstore.disable_webhook_endpoint('00000000-0000-0000-0000-000000000000')$$);
 
 -- statistics of the tenant's deliveries and attempts (none attempted here)
 SELECT s - 'since' - 'endpoints' AS stats, jsonb_array_length(s -> 'endpoints') AS endpoints
@@ -145,7 +134,7 @@ SELECT s - 'since' - 'endpoints' AS stats, jsonb_array_length(s -> 'endpoints') 
 SELECT e ->> 'url' AS url, e -> 'enabled' AS enabled, e -> 'pending' AS pending, e -> 'dead' AS dead
   FROM eventstore.get_webhook_delivery_stats() AS s, jsonb_array_elements(s -> 'endpoints') AS e ORDER BY 1;
 SELECT s -> 'deliveries' AS deliveries FROM eventstore.get_webhook_delivery_stats(now() + interval '1 minute') AS s;
-SELECT pg_temp.fails($$SELECT eventstore.get_webhook_delivery_stats(NULL)$$);
+SELECT fails($$SELECT eventstore.get_webhook_delivery_stats(NULL)$$);
 
 -- another tenant sees and touches none of it, and its events go to its own endpoints only
 SET eventstore.tenant_id = 'other';
@@ -168,8 +157,8 @@ SELECT d.tenant_id, w.url, d.global_position, d.event_type
 CREATE ROLE regress_es_wh_writer;
 SELECT eventstore.grant_access('regress_es_wh_writer', 'writer');
 SET ROLE regress_es_wh_writer;
-SELECT pg_temp.fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/x')$$);
-SELECT pg_temp.fails($$SELECT eventstore.get_webhook_delivery_stats()$$);
+SELECT fails($$SELECT * FROM eventstore.create_webhook_endpoint('https://example.com/x')$$);
+SELECT fails($$SELECT eventstore.get_webhook_delivery_stats()$$);
 SELECT eventstore.sign_webhook('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_p5jXN8AQM9LWM0D4loKWxJek', 1614265330, '{"test": 2432232314}');
 -- a writer's append queues deliveries all the same
 SELECT count(*) FROM eventstore.append_event('order', 'o-3', 'Placed', '{}');
