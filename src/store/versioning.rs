@@ -12,19 +12,17 @@
 //! can still log a call for, are rolled up into `api_version_usage` the first time they are
 //! asked for and read from there afterwards.
 
-use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::Instant;
 
 use pgrx::datum::{Date, DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::BuiltinOid::*;
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgOid, PgSqlErrorCode, PgTryBuilder};
+use pgrx::{JsonB, PgOid};
 use serde_json::{Value, json};
 
-use super::caller::as_caller;
+use super::caller::{as_caller, subtransaction};
 use super::plans::{Statement, run, run_dynamic};
 use crate::cache::{self, Memo};
 use crate::datum::{RawJsonb, RegProcedure, Root};
@@ -744,77 +742,6 @@ fn answer(catalog: &Catalog, plan: &Plan<'_>, rpc: &str, payload: Option<RawJson
             }),
             version: Some(plan.version),
         }),
-    }
-}
-
-/// What a failed handler raised.
-struct Failure {
-    sqlstate: String,
-    message: String,
-    detail: Option<String>,
-    hint: Option<String>,
-}
-
-/// The five characters of a SQLSTATE.
-fn sqlstate(code: PgSqlErrorCode) -> String {
-    let packed = code as isize as i64;
-    (0..5).map(|i| ((((packed >> (6 * i)) & 0x3F) as u8) + b'0') as char).collect()
-}
-
-enum Caught {
-    Ours(Error),
-    Raised(CaughtError),
-}
-
-/// Runs `f` in a subtransaction, as PL/pgSQL runs an exception block: on error only its work is
-/// rolled back and the error comes back. A cancel (statement timeout, pg_cancel_backend) is not
-/// an answer: it is raised again once the subtransaction is rolled back.
-fn subtransaction<R>(f: impl FnOnce() -> Result<R>) -> std::result::Result<R, Failure> {
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let result = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Caught::Ours)))
-            .catch_others(|caught| Err(Caught::Raised(caught)))
-            .execute();
-        match result {
-            Ok(value) => {
-                pg_sys::ReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::CurrentResourceOwner = owner;
-                Ok(value)
-            }
-            Err(caught) => {
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::CurrentResourceOwner = owner;
-                match caught {
-                    Caught::Ours(e) => Err(Failure {
-                        sqlstate: "XX000".into(),
-                        message: e.message,
-                        detail: e.detail,
-                        hint: e.hint,
-                    }),
-                    Caught::Raised(caught) => {
-                        let report = match &caught {
-                            CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e,
-                            CaughtError::RustPanic { ereport, .. } => ereport,
-                        };
-                        if report.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
-                            caught.rethrow();
-                        }
-                        Err(Failure {
-                            sqlstate: sqlstate(report.sql_error_code()),
-                            message: report.message().to_owned(),
-                            detail: report.detail().map(str::to_owned),
-                            hint: report.hint().map(str::to_owned),
-                        })
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -4,17 +4,16 @@
 //! that event's writes; after `eventstore.projection_max_attempts` failures the event is parked
 //! and the projection goes on.
 
-use std::panic::AssertUnwindSafe;
 
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
-use pgrx::{PgTryBuilder, Uuid};
+use pgrx::Uuid;
 
 use super::transaction;
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 use crate::guc;
-use crate::store::caller::as_role;
+use crate::store::caller::{as_role, subtransaction};
 use crate::store::plans::{Statement, run};
 use crate::store::{projections, read};
 
@@ -163,7 +162,8 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
         let (cursor, event_id, position) = feed_fields(*row)?;
         let outcome = subtransaction(|| {
             Spi::connect(|client| as_role(claimed.run_as, || projections::call_feed(client, &claimed.handler, *row)))
-        });
+        })
+        .map_err(|failure| failure.message);
         match outcome {
             Ok(()) => {
                 progress.checkpoint = cursor;
@@ -250,40 +250,4 @@ fn feed_fields(row: pg_sys::Datum) -> Result<(Cursor, Uuid, i64)> {
     let event_id: Uuid = tuple.get_by_name("event_id").map_err(|e| bug(&e))?.ok_or_else(|| bug(&"no event_id"))?;
     let position: i64 = tuple.get_by_name("global_position").map_err(|e| bug(&e))?.unwrap_or(0);
     Ok((Cursor::parse(&cursor)?, event_id, position))
-}
-
-/// Runs `f` in a subtransaction, as PL/pgSQL runs an exception block: on error only its work
-/// is rolled back, and the error's message comes back.
-fn subtransaction<R>(f: impl FnOnce() -> Result<R>) -> std::result::Result<R, String> {
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let result = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(|e| e.message)))
-            .catch_others(|caught| {
-                Err(match caught {
-                    pg_sys::panic::CaughtError::PostgresError(e) | pg_sys::panic::CaughtError::ErrorReport(e) => {
-                        e.message().to_owned()
-                    }
-                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
-                })
-            })
-            .execute();
-        match result {
-            Ok(value) => {
-                pg_sys::ReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::CurrentResourceOwner = owner;
-                Ok(value)
-            }
-            Err(message) => {
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::CurrentResourceOwner = owner;
-                Err(message)
-            }
-        }
-    }
 }
