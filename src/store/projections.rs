@@ -93,8 +93,23 @@ static APPENDED: Statement = Statement {
     volatile: true,
 };
 
+static ANY_ASYNC: Statement = Statement {
+    sql: "SELECT EXISTS (SELECT 1 FROM eventstore.projections WHERE mode = 'async')",
+    args: &[],
+    volatile: false,
+};
+
 thread_local! {
     static INLINE_BY_TENANT: Memo<String, Vec<Inline>> = Memo::new();
+    static ASYNC_EXISTS: Memo<(), bool> = Memo::new();
+}
+
+/// Whether any async projection exists (cached; dropped when projections change).
+pub fn any_async() -> Result<bool> {
+    let any = ASYNC_EXISTS.with(|memo| {
+        memo.get(&(), || Spi::connect(|client| Ok(run(client, &ANY_ASYNC, &[])?.first().get_one::<bool>()?.unwrap_or(false))))
+    })?;
+    Ok(*any)
 }
 
 fn inline(tenant: &str) -> Result<Rc<Vec<Inline>>> {

@@ -105,9 +105,11 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        send_notices(slot);
-        let applied = projections::round(slot);
-        let (delivered, more_deliveries) = crate::webhooks::deliver::round(slot);
+        // one short transaction decides what this round has to do (cached: an idle round
+        // runs no query but the extension check) and sends what appenders left to notify
+        let work = transaction(slot, "looking for work", || look_for_work(slot)).unwrap_or_default();
+        let applied = if work.projections { projections::round(slot) } else { projections::Outcome::default() };
+        let (delivered, more_deliveries) = if work.webhooks { crate::webhooks::deliver::round(slot) } else { (0, false) };
         status::ran(slot, applied.applied + delivered);
         idle = !applied.more && !more_deliveries;
     }
@@ -125,26 +127,45 @@ static NOTIFY: crate::store::plans::Statement = crate::store::plans::Statement {
     volatile: true,
 };
 
-/// Sends the notifications appenders left (see notify.rs), in one short transaction.
-fn send_notices(slot: usize) {
+static INSTALLED: crate::store::plans::Statement = crate::store::plans::Statement {
+    sql: "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventstore')",
+    args: &[],
+    volatile: true,
+};
+
+/// What a round has to do.
+#[derive(Default)]
+struct Work {
+    projections: bool,
+    webhooks: bool,
+}
+
+/// Sends the notifications appenders left (see notify.rs) and says whether there are async
+/// projections or webhook endpoints to serve (per-backend caches, dropped when they change).
+fn look_for_work(slot: usize) -> Result<Work> {
     let (notices, overflowed) = status::take_notices(slot);
-    if notices.is_empty() && !overflowed {
-        return;
+    let installed = Spi::connect(|client| {
+        if !crate::store::plans::run(client, &INSTALLED, &[])?.first().get_one::<bool>()?.unwrap_or(false) {
+            return Ok(false);
+        }
+        for (tenant, types) in &notices {
+            let payload = crate::notify::payload(Some(tenant), types.as_deref());
+            crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
+        }
+        if overflowed {
+            // some notes were lost: say that something changed, for everyone
+            let payload = crate::notify::payload(None, None);
+            crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
+        }
+        Ok::<_, Error>(true)
+    })?;
+    if !installed {
+        return Ok(Work::default());
     }
-    transaction(slot, "sending notifications", || {
-        Spi::connect(|client| {
-            for (tenant, types) in &notices {
-                let payload = crate::notify::payload(Some(tenant), types.as_deref());
-                crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
-            }
-            if overflowed {
-                // some notes were lost: say that something changed, for everyone
-                let payload = crate::notify::payload(None, None);
-                crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
-            }
-            Ok(())
-        })
-    });
+    Ok(Work {
+        projections: crate::store::projections::any_async()?,
+        webhooks: crate::store::webhooks::any_endpoint()?,
+    })
 }
 
 /// Runs `f` in its own transaction; an error is logged and recorded and the transaction rolled
