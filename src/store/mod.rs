@@ -28,6 +28,17 @@ use crate::error::{Error, Kind, Result};
 /// every further reference slower.
 pub type Row = pg_sys::Datum;
 
+/// The columns of an `eventstore.event`, in the type's order, from `eventstore.events e`.
+macro_rules! event_columns {
+    () => {
+        "e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
+         e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
+         e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
+         e.transaction_id, e.redacted_at"
+    };
+}
+pub(crate) use event_columns;
+
 /// The memory context a #[pg_extern] was called in: what it returns must live there, not in
 /// SPI's context (freed when SPI finishes) nor in the transaction's (which would grow with
 /// every call of a long transaction).

@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgOid;
 
+use super::event_columns;
 use super::caller::as_caller;
 use super::plans::{Statement, run, run_dynamic};
 use super::{Row, Stream, caller_context};
@@ -81,14 +82,15 @@ static CLEAR_PARKED: Statement = Statement {
 
 /// Events just appended to a stream, as handlers see them.
 static APPENDED: Statement = Statement {
-    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
-                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
-                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
-                     e.transaction_id, e.redacted_at)::eventstore.event, e.event_type
+    sql: concat!(
+        "SELECT ROW(",
+        event_columns!(),
+        ")::eventstore.event, e.event_type
           FROM eventstore.events e
           WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
             AND e.aggregate_version BETWEEN $4 AND $5
-          ORDER BY e.aggregate_version",
+          ORDER BY e.aggregate_version"
+    ),
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
     volatile: true,
 };
@@ -294,15 +296,16 @@ static INLINE_ONE: Statement = Statement {
 /// the log itself: the feed would hold back events behind older open transactions, whose rows
 /// the reset has already cleared.
 static REPLAY_PAGE: Statement = Statement {
-    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
-                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
-                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
-                     e.transaction_id, e.redacted_at)::eventstore.event, e.global_position
+    sql: concat!(
+        "SELECT ROW(",
+        event_columns!(),
+        ")::eventstore.event, e.global_position
           FROM eventstore.events e
           WHERE e.tenant_id = $1 AND e.global_position > $2
             AND ($3::text[] IS NULL OR e.event_type = ANY ($3))
           ORDER BY e.global_position
-          LIMIT 1000",
+          LIMIT 1000"
+    ),
     args: &[TEXTOID, INT8OID, TEXTARRAYOID],
     volatile: true,
 };
@@ -413,16 +416,17 @@ pub fn status(tenant: &str) -> Result<Vec<StatusRow>> {
 }
 
 static PARKED: Statement = Statement {
-    sql: "SELECT x.event_id, p.handler::regproc::text,
-                 ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
-                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
-                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
-                     e.transaction_id, e.redacted_at)::eventstore.event
+    sql: concat!(
+        "SELECT x.event_id, p.handler::regproc::text,
+                 ROW(",
+        event_columns!(),
+        ")::eventstore.event
           FROM eventstore.parked_events x
           JOIN eventstore.projections p ON p.tenant_id = x.tenant_id AND p.name = x.projection
           JOIN eventstore.events e ON e.event_id = x.event_id AND e.tenant_id = x.tenant_id
           WHERE x.tenant_id = $1 AND x.projection = $2
-          ORDER BY x.global_position",
+          ORDER BY x.global_position"
+    ),
     args: &[TEXTOID, TEXTOID],
     volatile: true,
 };

@@ -8,6 +8,7 @@ use pgrx::JsonB;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::heap_tuple::PgHeapTuple;
 
+use super::event_columns;
 use super::definitions;
 use super::plans::{Statement, run};
 use super::{Row, Stream, caller_context, composites_in};
@@ -16,10 +17,10 @@ use crate::feed::Cursor;
 
 /// A live stream's events from a version on; a soft-deleted stream's hidden versions stay hidden.
 static READ_STREAM: Statement = Statement {
-    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
-                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
-                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
-                     e.transaction_id, e.redacted_at)::eventstore.event
+    sql: concat!(
+        "SELECT ROW(",
+        event_columns!(),
+        ")::eventstore.event
           FROM eventstore.streams s
           JOIN eventstore.events e
             ON e.tenant_id = s.tenant_id AND e.aggregate_type = s.aggregate_type
@@ -28,7 +29,8 @@ static READ_STREAM: Statement = Statement {
             AND s.deleted_at IS NULL
             AND e.aggregate_version >= greatest($4, s.hidden_through + 1)
           ORDER BY e.aggregate_version
-          LIMIT $5",
+          LIMIT $5"
+    ),
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID],
     volatile: false,
 };
@@ -44,10 +46,10 @@ static STREAM_VERSION: Statement = Statement {
 /// The feed: only transactions below the snapshot's xmin are final, so only their events are
 /// returned, in (transaction id, position) order, which never changes once returned.
 static READ_ALL: Statement = Statement {
-    sql: "SELECT ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
-                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
-                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
-                     e.transaction_id, e.redacted_at,
+    sql: concat!(
+        "SELECT ROW(",
+        event_columns!(),
+        ",
                      lpad(to_hex(e.transaction_id::text::bigint), 16, '0') || '-'
                        || lpad(to_hex(e.global_position), 16, '0'))::eventstore.feed_event
           FROM eventstore.events e
@@ -57,7 +59,8 @@ static READ_ALL: Statement = Statement {
             AND ($4::text[] IS NULL OR e.event_type = ANY ($4))
             AND ($5::text[] IS NULL OR e.aggregate_type = ANY ($5))
           ORDER BY e.transaction_id, e.global_position
-          LIMIT $6",
+          LIMIT $6"
+    ),
     args: &[TEXTOID, TEXTOID, INT8OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID],
     volatile: false,
 };

@@ -9,6 +9,7 @@ use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::{AllocatedByRust, FromDatum, JsonB, PgOid};
 use serde_json::Value;
 
+use super::event_columns;
 use super::caller::as_caller;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -74,16 +75,17 @@ static REPLAY: Statement = Statement {
 
 /// The same, with whole events for SQL-function reducers.
 static REPLAY_ROWS: Statement = Statement {
-    sql: "SELECT e.aggregate_version, e.event_type, e.schema_version, e.payload, e.recorded_at,
+    sql: concat!(
+        "SELECT e.aggregate_version, e.event_type, e.schema_version, e.payload, e.recorded_at,
                  e.redacted_at IS NOT NULL,
-                 ROW(e.global_position, e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id,
-                     e.aggregate_version, e.event_type, e.schema_version, e.payload, e.metadata,
-                     e.correlation_id, e.causation_id, e.actor, e.occurred_at, e.recorded_at,
-                     e.transaction_id, e.redacted_at)::eventstore.event
+                 ROW(",
+        event_columns!(),
+        ")::eventstore.event
           FROM eventstore.events e
           WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
             AND e.aggregate_version > $4 AND e.aggregate_version <= $5
-          ORDER BY e.aggregate_version",
+          ORDER BY e.aggregate_version"
+    ),
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
     volatile: false,
 };
