@@ -7,7 +7,7 @@ use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
 };
-use pgrx::{FromDatum, IntoDatum, JsonB};
+use pgrx::{FromDatum, IntoDatum};
 
 /// A jsonb value as PostgreSQL holds it (possibly toasted), valid for the current call.
 #[derive(Debug, Clone, Copy)]
@@ -56,9 +56,23 @@ impl RawJsonb {
         unsafe { RawJsonb(pg_sys::Datum::from(pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()))) }
     }
 
-    /// The value as serde JSON (a text round trip: use only where the content is needed).
-    pub fn to_json(self) -> serde_json::Value {
-        unsafe { JsonB::from_datum(self.0, false) }.expect("a non-null jsonb").0
+    /// The value as serde JSON, refused (22023) when deeper than `eventstore.max_json_depth`.
+    pub fn value(self, what: &str) -> crate::error::Result<serde_json::Value> {
+        crate::jsonb::to_value(what, self.0)
+    }
+
+    /// Refused (22023) when deeper than `eventstore.max_json_depth`; nothing is converted.
+    pub fn check_depth(self, what: &str) -> crate::error::Result<()> {
+        crate::jsonb::check(what, self.0)
+    }
+
+    /// A serde value as jsonb (in the current memory context), refused when too deep.
+    pub fn from_value(what: &str, value: serde_json::Value) -> crate::error::Result<RawJsonb> {
+        crate::jsonb::from_value(what, value).map(RawJsonb)
+    }
+
+    pub fn datum(self) -> pg_sys::Datum {
+        self.0
     }
 }
 

@@ -20,6 +20,8 @@ pub enum Kind {
     WrongState,
     /// P0002: an unknown subscription, projection, endpoint or version.
     NotFound,
+    /// 42883: a handler function that was dropped after it was registered.
+    HandlerMissing,
     /// XX000: a bug of ours, never a user's mistake.
     Internal,
 }
@@ -34,6 +36,7 @@ impl Kind {
             Kind::NotPermitted => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             Kind::WrongState => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Kind::NotFound => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            Kind::HandlerMissing => PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
             Kind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -51,6 +51,20 @@ pub static WEBHOOK_MAX_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// `eventstore.webhook_batch_size`: deliveries per endpoint claimed in one round.
 pub static WEBHOOK_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 
+/// `eventstore.max_json_depth`: how deeply payloads, metadata, states, rules, transforms and
+/// schemas may nest (arrays and objects on the way to the deepest value). Superuser-only: a
+/// value stored under a higher limit is an error, never a crash, and readable again when it is
+/// raised.
+pub static MAX_JSON_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(64);
+
+/// The bounds of `eventstore.max_json_depth`: the walks over JSON stay far from the stack's end.
+pub const MAX_JSON_DEPTH_RANGE: (i32, i32) = (1, 1000);
+
+/// `eventstore.max_json_depth`, as a depth.
+pub fn max_json_depth() -> usize {
+    MAX_JSON_DEPTH.get().clamp(MAX_JSON_DEPTH_RANGE.0, MAX_JSON_DEPTH_RANGE.1) as usize
+}
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"eventstore.tenant_id",
@@ -74,6 +88,16 @@ pub fn init() {
         c"",
         &REQUIRE_TENANT,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.max_json_depth",
+        c"How deeply JSON values and programs given to eventstore may nest.",
+        c"Arrays and objects on the way to the deepest value; checked when a value is written.",
+        &MAX_JSON_DEPTH,
+        MAX_JSON_DEPTH_RANGE.0,
+        MAX_JSON_DEPTH_RANGE.1,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(

@@ -27,6 +27,20 @@ pub fn name(what: &str, value: Option<&str>) -> Result<String> {
     Ok(value.to_owned())
 }
 
+/// An array argument (`text[]`, `int[]`), which must hold no NULL element (22023 naming the
+/// first). A NULL array stays `None`.
+pub fn no_nulls<T>(what: &str, list: Option<Vec<Option<T>>>) -> Result<Option<Vec<T>>> {
+    let Some(list) = list else { return Ok(None) };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.into_iter().enumerate() {
+        // SQL arrays count from 1
+        out.push(item.ok_or_else(|| {
+            Error::invalid(format!("{what} must not contain NULL")).detail(format!("{what}[{}] is NULL", i + 1))
+        })?);
+    }
+    Ok(Some(out))
+}
+
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -344,6 +358,16 @@ mod tests {
         assert_eq!(batch(Some(&twice)).unwrap_err().kind, Kind::Duplicate);
         let too_many = Value::Array(vec![json!({"event_type": "a", "payload": {}}); MAX_BATCH + 1]);
         assert!(batch(Some(&too_many)).unwrap_err().message.contains("too many events"));
+    }
+
+    #[test]
+    fn arrays_without_nulls() {
+        assert_eq!(no_nulls::<i32>("a", None).unwrap(), None);
+        assert_eq!(no_nulls("a", Some(vec![Some(1), Some(2)])).unwrap(), Some(vec![1, 2]));
+        let err = no_nulls("event_types", Some(vec![Some("x".to_owned()), None])).unwrap_err();
+        assert_eq!(err.kind, Kind::InvalidArgument);
+        assert_eq!(err.message, "event_types must not contain NULL");
+        assert_eq!(err.detail.as_deref(), Some("event_types[2] is NULL"));
     }
 
     #[test]

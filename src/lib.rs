@@ -13,6 +13,7 @@ mod feed;
 mod guc;
 mod input;
 mod json;
+mod jsonb;
 mod notify;
 mod store;
 mod tenant;

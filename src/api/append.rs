@@ -25,15 +25,16 @@ fn append_event(
     let stream = super::stream(aggregate_type, aggregate_id)?;
     let event_type = input::name("event_type", event_type)?;
     let (payload, _) = object("payload", payload)?;
+    payload.check_depth("payload")?;
     let lifted = match metadata.map(|m| object("metadata", Some(m))).transpose()? {
         None | Some((_, 0)) => Lifted::default(),
         // only metadata with keys is parsed, to lift correlation_id, causation_id, actor, occurred_at
-        Some((m, _)) => input::lift("metadata", input::object("metadata", Some(&m.to_json()))?)?,
+        Some((m, _)) => input::lift("metadata", input::object("metadata", Some(&m.value("metadata")?))?)?,
     };
     let expected = input::expected_version(expected_version)?;
     let event_id = event_id.map(|id| uuid::Uuid::from_bytes(*id.as_bytes()));
     let mut event = NewEvent::new(event_type, event_id, None, lifted);
-    check_schema(&stream.tenant, &mut event, "payload", || payload.to_json())?;
+    check_schema(&stream.tenant, &mut event, "payload", || payload.value("payload"))?;
     let body = Body::One { payload, metadata };
     let mut rows = append(&stream, std::slice::from_ref(&event), body, expected)?;
     Ok(AppendedRow(rows.pop().expect("one event appended")))
@@ -50,10 +51,17 @@ fn append_events(
 ) -> Result<SetOfIterator<'static, AppendedRow>, ErrorReport> {
     let stream = super::stream(aggregate_type, aggregate_id)?;
     let events = events.map(RawJsonb::detoasted);
-    let parsed = events.map(RawJsonb::to_json);
+    // the array and each event object are two levels above the payloads the limit is for
+    let parsed = events.map(|e| crate::jsonb::to_value_within("events", e.datum(), 2)).transpose()?;
     let mut batch = input::batch(parsed.as_ref())?;
     for (i, event) in batch.iter_mut().enumerate() {
-        let payload = || parsed.as_ref().and_then(|p| p[i].get("payload")).cloned().unwrap_or_default();
+        let element = parsed.as_ref().map(|p| &p[i]);
+        for part in ["payload", "metadata"] {
+            if let Some(value) = element.and_then(|e| e.get(part)) {
+                crate::jsonb::check_value(&format!("events[{i}].{part}"), value)?;
+            }
+        }
+        let payload = || Ok(element.and_then(|e| e.get("payload")).cloned().unwrap_or_default());
         check_schema(&stream.tenant, event, &format!("events[{i}].payload"), payload)?;
     }
     let expected = input::expected_version(expected_version)?;
@@ -66,14 +74,16 @@ fn append_events(
 fn object(what: &str, value: Option<RawJsonb>) -> Result<(RawJsonb, u32)> {
     match value.map(|v| (v, v.root())) {
         Some((v, Root::Object(keys))) => Ok((v, keys)),
-        // the error path may parse: it names the exact kind
-        other => input::object(what, other.map(|(v, _)| v.to_json()).as_ref()).map(|_| unreachable!()),
+        // the error path names the exact kind; a scalar is no deeper than itself
+        Some((_, Root::Array)) => input::object(what, Some(&serde_json::Value::Array(Vec::new()))).map(|_| unreachable!()),
+        Some((v, Root::Scalar)) => input::object(what, Some(&v.value(what)?)).map(|_| unreachable!()),
+        None => input::object(what, None).map(|_| unreachable!()),
     }
 }
 
 /// Settles the event's schema version (the one given, else the newest registered, else 1) and
 /// validates the payload against that version's JSON Schema, if one is registered (23514).
-fn check_schema(tenant: &str, event: &mut NewEvent, what: &str, payload: impl FnOnce() -> serde_json::Value) -> Result<()> {
+fn check_schema(tenant: &str, event: &mut NewEvent, what: &str, payload: impl FnOnce() -> Result<serde_json::Value>) -> Result<()> {
     let schemas = definitions::schemas(tenant, &event.event_type)?;
     let Some(latest) = schemas.latest() else {
         return Ok(());
@@ -83,7 +93,7 @@ fn check_schema(tenant: &str, event: &mut NewEvent, what: &str, payload: impl Fn
         return Err(Error::invalid(format!("schema version {version} of event type {} is not registered", event.event_type))
             .detail(format!("registered versions: {}", schemas.versions.keys().map(i32::to_string).collect::<Vec<_>>().join(", "))));
     };
-    let payload = payload();
+    let payload = payload()?;
     let problems: Vec<String> = validator
         .iter_errors(&payload)
         .map(|e| {

@@ -20,11 +20,12 @@ use crate::{input, tenant};
 fn register_projection(
     name: Option<&str>,
     handler: Option<RegProcedure>,
-    event_types: default!(Option<Vec<String>>, "NULL"),
+    event_types: default!(Option<Vec<Option<String>>>, "NULL"),
     mode: default!(Option<&str>, "'async'"),
     reset: default!(Option<RegProcedure>, "NULL"),
 ) -> Result<(), ErrorReport> {
     let name = input::name("name", name)?;
+    let event_types = input::no_nulls("event_types", event_types)?;
     let handler = handler.ok_or_else(|| Error::invalid("handler must not be null"))?;
     let mode = match mode {
         Some("async") => {
@@ -120,6 +121,7 @@ fn worker_status() -> Result<JsonB, ErrorReport> {
             out["errors"] = serde_json::json!(slot.errors);
             out["last_error"] = serde_json::json!(Some(status::text(&slot.last_error)).filter(|e| !e.is_empty()));
             out["last_error_at"] = serde_json::json!(ts(slot.last_error_at).map(|t| t.to_string()));
+            out["backing_off_until"] = serde_json::json!(ts(slot.backing_off_until).map(|t| t.to_string()));
         }
     }
     let backlog: i64 = projections::status(&tenant::current()?)?.iter().filter(|p| p.1 == "async").map(|p| p.3).sum();

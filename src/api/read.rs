@@ -45,10 +45,12 @@ fn stream_version(aggregate_type: Option<&str>, aggregate_id: Option<&str>) -> R
 fn read_all(
     after: default!(Option<&str>, "NULL"),
     max_count: default!(Option<i32>, 1000),
-    event_types: default!(Option<Vec<String>>, "NULL"),
-    aggregate_types: default!(Option<Vec<String>>, "NULL"),
+    event_types: default!(Option<Vec<Option<String>>>, "NULL"),
+    aggregate_types: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
     let after = Cursor::after(after)?;
+    let event_types = input::no_nulls("event_types", event_types)?;
+    let aggregate_types = input::no_nulls("aggregate_types", aggregate_types)?;
     let max_count = input::max_count(max_count)?;
     let tenant = tenant::current()?;
     let rows = store::read::read_all(&tenant, after, max_count, event_types, aggregate_types)?;

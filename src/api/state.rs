@@ -23,7 +23,7 @@ fn define_aggregate(
     keep_snapshots: default!(Option<i32>, 3),
 ) -> Result<(), ErrorReport> {
     let aggregate_type = input::name("aggregate_type", aggregate_type)?;
-    let initial_state = initial_state.ok_or_else(|| Error::invalid("initial_state must not be null"))?.to_json();
+    let initial_state = initial_state.ok_or_else(|| Error::invalid("initial_state must not be null"))?.value("initial_state")?;
     let snapshot_every = positive("snapshot_every", snapshot_every)?;
     let keep_snapshots = positive("keep_snapshots", keep_snapshots)?;
     define::aggregate(&tenant::current()?, &aggregate_type, initial_state, snapshot_every, keep_snapshots)?;
@@ -47,7 +47,7 @@ fn define_reducer_rule(
     rule: Option<RawJsonb>,
 ) -> Result<(), ErrorReport> {
     let (aggregate_type, event_type) = names(aggregate_type, event_type)?;
-    let rule = rule.ok_or_else(|| Error::invalid("rule must not be null"))?.to_json();
+    let rule = rule.ok_or_else(|| Error::invalid("rule must not be null"))?.value("rule")?;
     ReducerProgram::compile(&rule).map_err(|e| Error::invalid(format!("invalid reducer rule: {e}")))?;
     define::reducer(&tenant::current()?, &aggregate_type, &event_type, ReducerDef::Rule(rule))?;
     Ok(())

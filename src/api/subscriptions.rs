@@ -15,11 +15,13 @@ use crate::{input, tenant};
 #[search_path(pg_catalog, pg_temp)]
 fn create_subscription(
     name: Option<&str>,
-    event_types: default!(Option<Vec<String>>, "NULL"),
-    aggregate_types: default!(Option<Vec<String>>, "NULL"),
+    event_types: default!(Option<Vec<Option<String>>>, "NULL"),
+    aggregate_types: default!(Option<Vec<Option<String>>>, "NULL"),
     start_from: default!(Option<&str>, "'beginning'"),
 ) -> Result<String, ErrorReport> {
     let name = input::name("name", name)?;
+    let event_types = input::no_nulls("event_types", event_types)?;
+    let aggregate_types = input::no_nulls("aggregate_types", aggregate_types)?;
     let from_end = match start_from {
         Some("beginning") => false,
         Some("end") => true,

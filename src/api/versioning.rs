@@ -216,7 +216,7 @@ fn docs(url: Option<&str>) -> Result<Option<&str>> {
 }
 
 fn transform(what: &str, program: Option<RawJsonb>) -> Result<Option<Value>> {
-    let Some(program) = program.map(RawJsonb::to_json) else { return Ok(None) };
+    let Some(program) = program.map(|p| p.value(what)).transpose()? else { return Ok(None) };
     TransformProgram::compile(&program).map_err(|e| {
         Error::invalid(format!("invalid {what}: {e}")).hint("A transform is a JSON array of steps: rename, move, set_default, remove, map_values, wrap.")
     })?;

@@ -44,10 +44,10 @@ fn names(what: &str, list: Option<Vec<String>>) -> Result<Option<Vec<String>>> {
 #[search_path(pg_catalog, pg_temp)]
 fn create_webhook_endpoint(
     url: Option<&str>,
-    event_types: default!(Option<Vec<String>>, "NULL"),
-    aggregate_types: default!(Option<Vec<String>>, "NULL"),
+    event_types: default!(Option<Vec<Option<String>>>, "NULL"),
+    aggregate_types: default!(Option<Vec<Option<String>>>, "NULL"),
     description: default!(Option<String>, "NULL"),
-    retry_schedule: default!(Option<Vec<i32>>, "NULL"),
+    retry_schedule: default!(Option<Vec<Option<i32>>>, "NULL"),
     rate_limit_per_second: default!(Option<i32>, "NULL"),
 ) -> Result<TableIterator<'static, (name!(endpoint_id, Uuid), name!(secret, String))>, ErrorReport> {
     let url = url.ok_or_else(|| Error::invalid("url must not be null"))?;
@@ -64,8 +64,9 @@ fn create_webhook_endpoint(
                 .into());
         }
     }
-    let event_types = names("event_types", event_types)?;
-    let aggregate_types = names("aggregate_types", aggregate_types)?;
+    let event_types = names("event_types", input::no_nulls("event_types", event_types)?)?;
+    let aggregate_types = names("aggregate_types", input::no_nulls("aggregate_types", aggregate_types)?)?;
+    let retry_schedule = input::no_nulls("retry_schedule", retry_schedule)?;
     if let Some(s) = &retry_schedule {
         schedule::validate(s).map_err(Error::invalid)?;
     }

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod error;
+pub mod limits;
 mod merge;
 pub mod path;
 mod reducer;

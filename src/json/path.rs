@@ -8,6 +8,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::ProgramError;
+use super::limits::{MAX_PATH_BYTES, MAX_PATH_SEGMENTS};
 
 /// A parsed dotted path: one or more non-empty object keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,18 @@ impl Path {
     pub(super) fn parse_named(what: &str, text: &str) -> Result<Path, ProgramError> {
         if text.is_empty() {
             return Err(ProgramError::new(format!("{what} must not be empty")));
+        }
+        let count = text.split('.').count();
+        if count > MAX_PATH_SEGMENTS {
+            return Err(ProgramError::new(format!(
+                "{what} has {count} segments; a path has at most {MAX_PATH_SEGMENTS} segments"
+            )));
+        }
+        if text.len() > MAX_PATH_BYTES {
+            return Err(ProgramError::new(format!(
+                "{what} is {} bytes long; a path has at most {MAX_PATH_BYTES} bytes",
+                text.len()
+            )));
         }
         let segments: Box<[String]> = text.split('.').map(str::to_owned).collect();
         if segments.iter().any(String::is_empty) {
@@ -149,6 +162,19 @@ mod tests {
         assert_eq!(p("address.city").segments(), ["address", "city"]);
         assert_eq!(p("a.0. b").segments(), ["a", "0", " b"]);
         assert_eq!(p("address.city").to_string(), "address.city");
+    }
+
+    #[test]
+    fn rejects_paths_over_the_limits() {
+        let most = vec!["a"; MAX_PATH_SEGMENTS].join(".");
+        assert_eq!(Path::parse(&most).unwrap().segments().len(), MAX_PATH_SEGMENTS);
+        let over = vec!["a"; MAX_PATH_SEGMENTS + 1].join(".");
+        assert_eq!(Path::parse(&over).unwrap_err().message, "path has 33 segments; a path has at most 32 segments");
+        let huge = vec!["a"; 100_000].join(".");
+        assert!(Path::parse(&huge).unwrap_err().message.contains("at most"));
+        let long = "k".repeat(MAX_PATH_BYTES + 1);
+        assert_eq!(Path::parse(&long).unwrap_err().message, "path is 1025 bytes long; a path has at most 1024 bytes");
+        assert!(Path::parse(&"k".repeat(MAX_PATH_BYTES)).is_ok());
     }
 
     #[test]

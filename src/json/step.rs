@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use super::limits::MAX_STEPS;
 use super::{Path, ProgramError};
 
 /// Compiles every step of `program` (a JSON array of step objects) with `compile_step`, placing
@@ -14,6 +15,12 @@ pub(super) fn compile_all<T>(
     let Value::Array(steps) = program else {
         return Err(ProgramError::new(format!("program must be a JSON array of steps, not {}", kind(program))));
     };
+    if steps.len() > MAX_STEPS {
+        return Err(ProgramError::new(format!(
+            "program has {} steps; a program has at most {MAX_STEPS} steps",
+            steps.len()
+        )));
+    }
     steps
         .iter()
         .enumerate()

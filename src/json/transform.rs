@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::ProgramError;
+use super::limits::{self, TooDeep};
 use super::path::{self, Path};
 use super::step::compile_all;
 
@@ -28,6 +29,14 @@ use super::step::compile_all;
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransformProgram {
     ops: Vec<Op>,
+}
+
+/// How much deeper one step can make a document: by `grows` levels more than it was, or to
+/// `reaches` levels at most (a constant written at a path), whichever is more.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Growth {
+    grows: usize,
+    reaches: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,15 +80,49 @@ impl TransformProgram {
         Ok(TransformProgram { ops })
     }
 
-    /// Reshapes `doc` in place. Never fails; see the type's documentation for each step.
-    pub fn apply(&self, doc: &mut Value) {
+    /// Reshapes `doc` in place; see the type's documentation for each step. It fails only when
+    /// the document would grow deeper than `max_depth` (steps that move values deeper or write
+    /// constants can do that), and then stops at the step that went past it: no document
+    /// deeper than `max_depth` plus one step's growth is ever built.
+    pub fn apply(&self, doc: &mut Value, max_depth: usize) -> Result<(), TooDeep> {
+        // an upper bound of the document's depth, measured only when it could be past the limit
+        let mut bound = None;
         for op in &self.ops {
             op.apply(doc);
+            let growth = op.growth();
+            if growth == Growth::default() {
+                continue;
+            }
+            let before = *bound.get_or_insert_with(|| limits::depth(doc));
+            let estimate = (before + growth.grows).max(growth.reaches);
+            if estimate <= max_depth {
+                bound = Some(estimate);
+                continue;
+            }
+            if let Some(deep) = limits::too_deep(doc, max_depth) {
+                return Err(deep);
+            }
+            bound = Some(limits::depth(doc));
         }
+        Ok(())
     }
 }
 
 impl Op {
+    fn growth(&self) -> Growth {
+        match self {
+            Op::Rename { from, to } => Growth { grows: to.segments().len().saturating_sub(from.segments().len()), reaches: 0 },
+            Op::SetDefault { path, value } => Growth { grows: 0, reaches: path.segments().len() + limits::depth(value) },
+            Op::Remove { .. } => Growth::default(),
+            Op::MapValues { path, map } => Growth {
+                grows: 0,
+                // an array at the path holds the mapped values one level further down
+                reaches: path.segments().len() + 1 + map.values().map(limits::depth).max().unwrap_or(0),
+            },
+            Op::Wrap { .. } => Growth { grows: 1, reaches: 0 },
+        }
+    }
+
     fn apply(&self, doc: &mut Value) {
         match self {
             Op::Rename { from, to } => {
@@ -129,7 +172,8 @@ mod tests {
     fn run(program: Value, mut doc: Value) -> Value {
         TransformProgram::compile(&program)
             .unwrap_or_else(|e| panic!("{program} does not compile: {e}"))
-            .apply(&mut doc);
+            .apply(&mut doc, 64)
+            .expect("within the depth limit");
         doc
     }
 
@@ -252,6 +296,44 @@ mod tests {
         let v2 = json!({"customer": {"name": "Ann", "email": "a@x"}, "total": {"amount": 12, "currency": "EUR"}, "state": "pending"});
         assert_eq!(run(program, v1), v2);
         assert_eq!(run(json!([]), json!({"a": 1})), json!({"a": 1}), "an empty transform changes nothing");
+    }
+
+    #[test]
+    fn a_transform_never_builds_a_document_past_the_limit() {
+        // each step moves the value 31 levels deeper: 256 steps would make it ~8,000 deep
+        let to = vec!["n"; 32].join(".");
+        let steps: Vec<Value> = (0..256).map(|_| json!({"op": "move", "from": "n", "to": to})).collect();
+        let program = TransformProgram::compile(&Value::Array(steps)).unwrap();
+        let mut doc = json!({"n": 1});
+        let deep = program.apply(&mut doc, 64).unwrap_err();
+        assert_eq!(deep.depth, 65);
+        assert!(limits::depth(&doc) <= 64 + 31, "stopped at the step that passed the limit");
+        let mut doc = json!({"n": 1});
+        let twenty = TransformProgram::compile(&Value::Array(
+            (0..20).map(|_| json!({"op": "move", "from": "n", "to": to})).collect(),
+        ))
+        .unwrap();
+        assert!(twenty.apply(&mut doc, 1_000).is_ok());
+        assert_eq!(limits::depth(&doc), 1 + 20 * 31);
+
+        let wrap = TransformProgram::compile(&json!([{"op": "wrap", "path": "a", "into": "b"}])).unwrap();
+        let mut doc = json!({"a": {"c": 1}});
+        assert_eq!(wrap.apply(&mut doc, 2).unwrap_err().path, ".a.b");
+        let constant = TransformProgram::compile(&json!([{"op": "set_default", "path": "x.y", "value": [[1]]}])).unwrap();
+        let mut doc = json!({});
+        assert_eq!(constant.apply(&mut doc, 3).unwrap_err().depth, 4);
+    }
+
+    #[test]
+    fn programs_and_paths_have_limits() {
+        let steps = Value::Array(vec![json!({"op": "remove", "path": "a"}); 257]);
+        assert_eq!(error(steps), "program has 257 steps; a program has at most 256 steps");
+        assert!(TransformProgram::compile(&Value::Array(vec![json!({"op": "remove", "path": "a"}); 256])).is_ok());
+        let path = vec!["a"; 100_000].join(".");
+        assert_eq!(
+            error(json!([{"op": "set_default", "path": path, "value": 1}])),
+            "step 0: \"path\" has 100000 segments; a path has at most 32 segments"
+        );
     }
 
     #[test]

@@ -31,22 +31,6 @@ static UPSERT_REDUCER: Statement = Statement {
     volatile: true,
 };
 
-/// Why a function cannot be a reducer handler, or NULL when it can.
-static HANDLER_PROBLEM: Statement = Statement {
-    sql: "SELECT CASE
-                   WHEN p.prokind <> 'f' THEN 'is not a plain function'
-                   WHEN p.proretset THEN 'returns a set'
-                   WHEN p.pronargs <> 2 OR p.proargtypes[0] <> 'jsonb'::regtype
-                        OR p.proargtypes[1] <> 'eventstore.event'::regtype
-                     THEN 'takes (' || pg_get_function_identity_arguments(p.oid) || ')'
-                   WHEN p.prorettype <> 'jsonb'::regtype THEN 'returns ' || format_type(p.prorettype, NULL)
-                 END,
-                 p.oid::regprocedure::text
-          FROM pg_proc p WHERE p.oid = $1",
-    args: &[OIDOID],
-    volatile: false,
-};
-
 static SCHEMA_OF_VERSION: Statement = Statement {
     sql: "SELECT s.json_schema FROM eventstore.event_schemas s
           WHERE s.tenant_id = $1 AND s.event_type = $2 AND s.schema_version = $3",
@@ -100,23 +84,14 @@ pub fn reducer(tenant: &str, aggregate_type: &str, event_type: &str, reducer: Re
         let (rule, handler): (Option<JsonB>, Option<RegProcedure>) = match reducer {
             ReducerDef::Rule(rule) => (Some(JsonB(rule)), None),
             ReducerDef::Handler(handler) => {
-                let table = run(client, &HANDLER_PROBLEM, &[handler.0.into()])?;
-                if table.is_empty() {
-                    return Err(Error::invalid("handler does not exist").detail(format!("no function with oid {}", handler.0)));
-                }
-                let row = table.first();
-                if let Some(problem) = row.get::<String>(1)? {
-                    let name: String = row.get(2)?.unwrap_or_default();
-                    return Err(Error::invalid(format!("handler {name} {problem}"))
-                        .hint("A reducer handler is a function (state jsonb, event eventstore.event) RETURNS jsonb."));
-                }
+                super::handlers::check(client, handler, &super::handlers::REDUCER, None)?;
                 (None, Some(handler))
             }
         };
         run(client, &UPSERT_REDUCER, &[
             tenant.into(), aggregate_type.into(), event_type.into(), rule.into(), handler.into(),
         ])?;
-        Ok(())
+        Ok::<_, Error>(())
     })?;
     cache::invalidate(c"reducers");
     Ok(())

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use pgrx::JsonB;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use serde_json::Value;
@@ -12,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::plans::{Statement, run};
 use crate::cache::Memo;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Result};
 use crate::json::{ReducerProgram, TransformProgram};
 
 /// How one event type changes the state of an aggregate type.
@@ -20,6 +19,9 @@ pub enum Reducer {
     Rule(ReducerProgram),
     /// A SQL function `(state jsonb, event eventstore.event) -> jsonb`, by its (qualified) name.
     Handler(String),
+    /// A handler function that was dropped after it was registered (its oid): every use is an
+    /// error (42883), never a silent fallback to the default reducer.
+    Missing(u32),
 }
 
 /// An aggregate type: defined with `define_aggregate`, or the defaults (initial state `{}`,
@@ -51,12 +53,16 @@ impl Upcasters {
     }
 
     /// Upcasts a payload of `version` as far as the chain goes; returns the version reached.
-    pub fn upcast(&self, mut version: i32, payload: &mut Value) -> i32 {
+    /// Fails (22023) only when a step would make the payload deeper than the limit.
+    pub fn upcast(&self, mut version: i32, payload: &mut Value) -> Result<i32> {
+        let max = crate::guc::max_json_depth();
         while let Some((to, program)) = self.steps.get(&version) {
-            program.apply(payload);
+            program.apply(payload, max).map_err(|deep| {
+                crate::jsonb::too_deep(&format!("the payload upcast from version {version} to {to}"), &deep)
+            })?;
             version = *to;
         }
-        version
+        Ok(version)
     }
 }
 
@@ -82,7 +88,8 @@ static AGGREGATE: Statement = Statement {
 static REDUCERS: Statement = Statement {
     sql: "SELECT r.event_type, r.rule,
                  r.handler::text || (SELECT ' ' || md5(p.prosrc) FROM pg_proc p WHERE p.oid = r.handler),
-                 r.handler::regproc::text
+                 (SELECT p.oid::regproc::text FROM pg_proc p WHERE p.oid = r.handler),
+                 r.handler::oid
           FROM eventstore.reducers r WHERE r.tenant_id = $1 AND r.aggregate_type = $2
           ORDER BY r.event_type",
     args: &[TEXTOID, TEXTOID],
@@ -124,8 +131,16 @@ thread_local! {
     static SCHEMA_SETS: Memo<(String, String), Schemas> = Memo::new();
 }
 
+/// A stored definition that the current limits refuse (stored by an earlier version, or under
+/// a higher limit): an error for the calls that need it, never a crash.
 fn broken(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(Kind::Internal, format!("stored {what} no longer compiles: {e}"))
+    Error::invalid(format!("stored {what} no longer compiles: {e}"))
+        .hint("Register it again within the limits, or ask a superuser to raise eventstore.max_json_depth.")
+}
+
+/// A jsonb column of a definition row, within the limits.
+fn json_column(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize, what: &str) -> Result<Option<Value>> {
+    row.get::<crate::datum::RawJsonb>(ordinal)?.map(|raw| raw.value(what)).transpose()
 }
 
 pub fn aggregate(tenant: &str, aggregate_type: &str) -> Result<Rc<Aggregate>> {
@@ -140,39 +155,45 @@ fn load_aggregate(tenant: &str, aggregate_type: &str) -> Result<Aggregate> {
             (false, Value::Object(Default::default()), 0, 0)
         } else {
             let row = defined.first();
-            let initial: JsonB = row.get(1)?.unwrap_or(JsonB(Value::Object(Default::default())));
-            (true, initial.0, row.get::<i64>(2)?.unwrap_or(100), row.get::<i64>(3)?.unwrap_or(3))
+            let initial = row.get::<crate::datum::RawJsonb>(1)?.map(|raw| raw.value("the stored initial state")).transpose()?;
+            let initial = initial.unwrap_or(Value::Object(Default::default()));
+            (true, initial, row.get::<i64>(2)?.unwrap_or(100), row.get::<i64>(3)?.unwrap_or(3))
         };
         let mut hasher = Sha256::new();
         hasher.update(initial_state.to_string());
         let mut reducers = HashMap::new();
         for row in run(client, &REDUCERS, &[tenant.into(), aggregate_type.into()])? {
             let event_type: String = row.get(1)?.unwrap_or_default();
-            let rule: Option<JsonB> = row.get(2)?;
+            let rule = json_column(&row, 2, &format!("reducer rule of event type {event_type}"))?;
             let handler: Option<String> = row.get(3)?;
             let handler_name: Option<String> = row.get(4)?;
-            let reducer = match (rule, handler) {
-                (Some(rule), _) => {
-                    hasher.update(format!("\0rule\0{event_type}\0{}", rule.0));
-                    Reducer::Rule(ReducerProgram::compile(&rule.0).map_err(|e| broken("reducer rule", e))?)
+            let handler_oid: Option<pg_sys::Oid> = row.get(5)?;
+            let reducer = match (rule, handler, handler_oid) {
+                (Some(rule), _, _) => {
+                    hasher.update(format!("\0rule\0{event_type}\0{rule}"));
+                    Reducer::Rule(ReducerProgram::compile(&rule).map_err(|e| broken("reducer rule", e))?)
                 }
-                (None, Some(handler)) => {
+                (None, Some(handler), _) => {
                     hasher.update(format!("\0handler\0{event_type}\0{handler}"));
                     Reducer::Handler(handler_name.unwrap_or_default())
                 }
-                (None, None) => continue,
+                (None, None, Some(oid)) => {
+                    hasher.update(format!("\0missing\0{event_type}\0{}", oid.to_u32()));
+                    Reducer::Missing(oid.to_u32())
+                }
+                (None, None, None) => continue,
             };
             reducers.insert(event_type, reducer);
         }
         for row in run(client, &ALL_UPCASTERS, &[tenant.into()])? {
-            let (event_type, from, to, transform): (Option<String>, Option<i32>, Option<i32>, Option<JsonB>) =
-                (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+            let (event_type, from, to): (Option<String>, Option<i32>, Option<i32>) = (row.get(1)?, row.get(2)?, row.get(3)?);
+            let transform = json_column(&row, 4, "the stored upcaster")?.map(|t| t.to_string());
             hasher.update(format!(
                 "\0upcaster\0{}\0{}\0{}\0{}",
                 event_type.unwrap_or_default(),
                 from.unwrap_or_default(),
                 to.unwrap_or_default(),
-                transform.map(|t| t.0.to_string()).unwrap_or_default()
+                transform.unwrap_or_default()
             ));
         }
         let hash = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
@@ -198,8 +219,8 @@ pub fn upcasters(tenant: &str, event_type: &str) -> Result<Rc<Upcasters>> {
                 for row in run(client, &UPCASTERS, &[tenant.into(), event_type.into()])? {
                     let from: i32 = row.get(1)?.unwrap_or_default();
                     let to: i32 = row.get(2)?.unwrap_or_default();
-                    let transform: JsonB = row.get(3)?.unwrap_or(JsonB(Value::Array(vec![])));
-                    let program = TransformProgram::compile(&transform.0).map_err(|e| broken("upcaster", e))?;
+                    let transform = json_column(&row, 3, "the stored upcaster")?.unwrap_or(Value::Array(vec![]));
+                    let program = TransformProgram::compile(&transform).map_err(|e| broken("upcaster", e))?;
                     chain.steps.insert(from, (to, program));
                 }
                 Ok(chain)
@@ -216,8 +237,8 @@ pub fn schemas(tenant: &str, event_type: &str) -> Result<Rc<Schemas>> {
                 let mut set = Schemas::default();
                 for row in run(client, &SCHEMAS, &[tenant.into(), event_type.into()])? {
                     let version: i32 = row.get(1)?.unwrap_or_default();
-                    let schema: JsonB = row.get(2)?.unwrap_or(JsonB(Value::Bool(true)));
-                    let validator = jsonschema::validator_for(&schema.0).map_err(|e| broken("JSON Schema", e))?;
+                    let schema = json_column(&row, 2, "the stored JSON Schema")?.unwrap_or(Value::Bool(true));
+                    let validator = jsonschema::validator_for(&schema).map_err(|e| broken("JSON Schema", e))?;
                     set.versions.insert(version, validator);
                 }
                 Ok(set)

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod caller;
 pub mod define;
 pub mod definitions;
+pub mod handlers;
 pub mod append;
 pub mod plans;
 pub mod projections;

@@ -10,6 +10,7 @@ use pgrx::spi::SpiClient;
 use pgrx::PgOid;
 
 use super::event_columns;
+use super::handlers::{self, handler_name};
 use super::caller::as_caller;
 use super::plans::{Statement, run, run_dynamic};
 use super::{Row, Stream, caller_context};
@@ -19,30 +20,18 @@ use crate::error::{Error, Kind, Result};
 
 /// An inline projection of a tenant, as the append path needs it.
 pub struct Inline {
-    pub call: String,
+    pub name: String,
+    /// how to call the handler; `None` when it was dropped since it was registered
+    pub call: Option<String>,
+    pub handler: Option<pg_sys::Oid>,
     pub event_types: Option<Vec<String>>,
 }
 
 static INLINE: Statement = Statement {
-    sql: "SELECT p.handler::regproc::text, p.event_types FROM eventstore.projections p
-          WHERE p.tenant_id = $1 AND p.mode = 'inline' ORDER BY p.name",
+    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.name, p.handler::oid
+          FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.mode = 'inline' ORDER BY p.name"),
     args: &[TEXTOID],
-    volatile: false,
-};
-
-/// Why a function cannot be a projection handler (or a reset function), or NULL when it can.
-static HANDLER_PROBLEM: Statement = Statement {
-    sql: "SELECT CASE
-                   WHEN p.prokind <> 'f' THEN 'is not a plain function'
-                   WHEN p.proretset THEN 'returns a set'
-                   WHEN $2 AND (p.pronargs <> 1 OR p.proargtypes[0] <> 'eventstore.event'::regtype)
-                     THEN 'takes (' || pg_get_function_identity_arguments(p.oid) || ')'
-                   WHEN NOT $2 AND p.pronargs <> 0
-                     THEN 'takes (' || pg_get_function_identity_arguments(p.oid) || ')'
-                 END,
-                 p.oid::regprocedure::text
-          FROM pg_proc p WHERE p.oid = $1",
-    args: &[OIDOID, BOOLOID],
     volatile: false,
 };
 
@@ -58,8 +47,9 @@ static UPSERT: Statement = Statement {
 };
 
 static GET: Statement = Statement {
-    sql: "SELECT p.mode, p.reset_handler::regproc::text FROM eventstore.projections p
-          WHERE p.tenant_id = $1 AND p.name = $2 FOR UPDATE",
+    sql: concat!("SELECT p.mode, ", handler_name!("p.reset_handler"), ", p.reset_handler::oid
+          FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.name = $2 FOR UPDATE"),
     args: &[TEXTOID, TEXTOID],
     volatile: true,
 };
@@ -121,7 +111,12 @@ fn inline(tenant: &str) -> Result<Rc<Vec<Inline>>> {
             Spi::connect(|client| {
                 let mut out = Vec::new();
                 for row in run(client, &INLINE, &[tenant.into()])? {
-                    out.push(Inline { call: row.get(1)?.unwrap_or_default(), event_types: row.get(2)? });
+                    out.push(Inline {
+                        call: row.get(1)?,
+                        event_types: row.get(2)?,
+                        name: row.get(3)?.unwrap_or_default(),
+                        handler: row.get(4)?,
+                    });
                 }
                 Ok(out)
             })
@@ -195,14 +190,18 @@ pub fn run_inline(stream: &Stream, first: i64, last: i64) -> Result<()> {
         Ok::<_, Error>((events, types))
     })?;
     let mut events: Vec<Row> = events;
-    super::read::upcast_rows(&stream.tenant, &mut events)?;
+    super::read::upcast_rows_strict(&stream.tenant, &mut events)?;
     Spi::connect(|client| {
         for projection in projections.iter() {
+            let mut handler = None;
             for (event, event_type) in events.iter().zip(&types) {
                 if projection.event_types.as_ref().is_some_and(|t| !t.contains(event_type)) {
                     continue;
                 }
-                as_caller(|| call(client, &projection.call, *event))?;
+                let what = || format!("inline projection \"{}\"", projection.name);
+                let handler = handler.get_or_insert(handlers::callable(projection.call.clone(), &what(), projection.handler));
+                let handler = handler.as_ref().map_err(Clone::clone)?;
+                as_caller(|| call(client, handler, *event))?;
             }
         }
         Ok(())
@@ -223,9 +222,9 @@ pub fn register(
     mode: Mode,
 ) -> Result<()> {
     Spi::connect(|client| {
-        check_handler(client, handler, true)?;
+        handlers::check(client, handler, &handlers::PROJECTION, None)?;
         if let Some(reset) = reset {
-            check_handler(client, reset, false)?;
+            handlers::check(client, reset, &handlers::RESET, None)?;
         }
         let run_as = unsafe { pg_sys::GetOuterUserId() };
         run(client, &UPSERT, &[
@@ -243,19 +242,6 @@ pub fn register(
     Ok(())
 }
 
-fn check_handler(client: &SpiClient<'_>, handler: RegProcedure, takes_event: bool) -> Result<()> {
-    let table = run(client, &HANDLER_PROBLEM, &[handler.0.into(), takes_event.into()])?;
-    if table.is_empty() {
-        return Err(Error::invalid("handler does not exist").detail(format!("no function with oid {}", handler.0)));
-    }
-    let row = table.first();
-    if let Some(problem) = row.get::<String>(1)? {
-        let name: String = row.get(2)?.unwrap_or_default();
-        let what = if takes_event { "a projection handler is a function (event eventstore.event)" } else { "a reset function takes no arguments" };
-        return Err(Error::invalid(format!("handler {name} {problem}")).hint(format!("{what}; its result is ignored.")));
-    }
-    Ok(())
-}
 
 /// Starts a projection over from a clean slate: the reset function (if any) runs, the checkpoint
 /// goes back to the start, parked events are forgotten. An inline projection replays the whole
@@ -268,7 +254,11 @@ pub fn rebuild(tenant: &str, name: &str) -> Result<i64> {
         }
         let row = table.first();
         let mode: String = row.get(1)?.unwrap_or_default();
-        let reset: Option<String> = row.get(2)?;
+        let (reset, reset_oid): (Option<String>, Option<pg_sys::Oid>) = (row.get(2)?, row.get(3)?);
+        let reset = match reset_oid {
+            Some(oid) => Some(handlers::callable(reset, &format!("the reset of projection \"{name}\""), Some(oid))?),
+            None => None,
+        };
         Ok((mode, reset))
     })?;
     Spi::connect(|client| {
@@ -286,8 +276,9 @@ pub fn rebuild(tenant: &str, name: &str) -> Result<i64> {
 }
 
 static INLINE_ONE: Statement = Statement {
-    sql: "SELECT p.handler::regproc::text, p.event_types FROM eventstore.projections p
-          WHERE p.tenant_id = $1 AND p.name = $2",
+    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.handler::oid
+          FROM eventstore.projections p
+          WHERE p.tenant_id = $1 AND p.name = $2"),
     args: &[TEXTOID, TEXTOID],
     volatile: true,
 };
@@ -314,7 +305,8 @@ static REPLAY_PAGE: Statement = Statement {
 fn replay_inline(tenant: &str, name: &str) -> Result<i64> {
     let (handler, event_types): (String, Option<Vec<String>>) = Spi::connect(|client| {
         let row = run(client, &INLINE_ONE, &[tenant.into(), name.into()])?.first();
-        Ok::<_, Error>((row.get(1)?.unwrap_or_default(), row.get(2)?))
+        let handler = handlers::callable(row.get(1)?, &format!("inline projection \"{name}\""), row.get(3)?)?;
+        Ok::<_, Error>((handler, row.get(2)?))
     })?;
     let context = caller_context();
     let (mut after, mut applied) = (0i64, 0i64);
@@ -332,7 +324,7 @@ fn replay_inline(tenant: &str, name: &str) -> Result<i64> {
         if events.is_empty() {
             return Ok(applied);
         }
-        super::read::upcast_rows(tenant, &mut events)?;
+        super::read::upcast_rows_strict(tenant, &mut events)?;
         Spi::connect(|client| {
             for event in &events {
                 as_caller(|| call(client, &handler, *event))?;
@@ -417,7 +409,7 @@ pub fn status(tenant: &str) -> Result<Vec<StatusRow>> {
 
 static PARKED: Statement = Statement {
     sql: concat!(
-        "SELECT x.event_id, p.handler::regproc::text,
+        "SELECT x.event_id, ", handler_name!("p.handler"), ",
                  ROW(",
         event_columns!(),
         ")::eventstore.event
@@ -446,14 +438,14 @@ pub fn replay_parked(tenant: &str, name: &str) -> Result<i64> {
         let mut out = Vec::new();
         while let Some(row) = table.next() {
             let id: pgrx::Uuid = row.get(1)?.ok_or_else(|| Error::new(Kind::Internal, "parked event without id"))?;
-            let handler: String = row.get(2)?.unwrap_or_default();
+            let handler = handlers::callable(row.get(2)?, &format!("projection \"{name}\""), None)?;
             let datum = table.get_datum_by_ordinal(3)?.ok_or_else(|| Error::new(Kind::Internal, "parked event missing"))?;
             out.push((id, handler, super::copy_composite(context, datum)));
         }
         Ok::<_, Error>(out)
     })?;
     let mut events: Vec<Row> = parked.iter().map(|p| p.2).collect();
-    super::read::upcast_rows(tenant, &mut events)?;
+    super::read::upcast_rows_strict(tenant, &mut events)?;
     Spi::connect(|client| {
         for ((id, handler, _), event) in parked.iter().zip(&events) {
             as_caller(|| call(client, handler, *event))?;

@@ -7,6 +7,8 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::{AllocatedByRust, FromDatum, JsonB, PgOid};
+
+use crate::datum::RawJsonb;
 use serde_json::Value;
 
 use super::event_columns;
@@ -178,7 +180,8 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
         (Some(aggregate.initial_state.clone()), None)
     } else {
         let row = snapshot.first();
-        (row.get::<JsonB>(2)?.map(|s| s.0), row.get::<i64>(1)?)
+        let state = row.get::<RawJsonb>(2)?.map(|s| s.value(&format!("the snapshot of {stream}"))).transpose()?;
+        (state, row.get::<i64>(1)?)
     };
     let from = snapshot_version.unwrap_or(hidden_through);
 
@@ -194,7 +197,12 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
         // memory for every event replayed
         let (event_type, payload) = (events.get_datum_by_ordinal(2)?, events.get_datum_by_ordinal(4)?);
         let event_type: &str = event_type.and_then(|d| unsafe { <&str>::from_datum(d, false) }).ok_or_else(|| internal("event without a type"))?;
-        let mut payload: Value = payload.and_then(|d| unsafe { JsonB::from_datum(d, false) }).map_or(Value::Null, |p| p.0);
+        let version: i64 = row.get(1)?.unwrap_or(0);
+        let what = || format!("the payload of event {version} of {stream}");
+        let mut payload = match payload {
+            Some(d) => crate::jsonb::to_value(&what(), d)?,
+            None => Value::Null,
+        };
         let schema_version: i32 = row.get(3)?.unwrap_or(1);
         updated_at = row.get::<TimestampWithTimeZone>(5)?;
         let mut upcast_to = schema_version;
@@ -202,21 +210,32 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
             if !chains.contains_key(event_type) {
                 chains.insert(event_type.to_owned(), definitions::upcasters(&stream.tenant, event_type)?);
             }
-            upcast_to = chains[event_type].upcast(schema_version, &mut payload);
+            upcast_to = chains[event_type].upcast(schema_version, &mut payload)?;
         }
         state = match aggregate.reducers.get(event_type) {
             None => default_reduce(state, &payload),
             Some(Reducer::Rule(program)) => program.apply(state, &payload),
+            Some(Reducer::Missing(oid)) => {
+                return Err(Error::new(Kind::HandlerMissing, format!("the reducer handler of event type {event_type} no longer exists"))
+                    .detail(format!("aggregate type {}, handler oid {oid}, stream {stream}", stream.aggregate_type))
+                    .hint("Define the reducer again with eventstore.define_reducer()."));
+            }
             Some(Reducer::Handler(handler)) => {
                 let mut event: PgHeapTuple<'_, AllocatedByRust> =
                     row.get(7)?.ok_or_else(|| internal("replay row without event"))?;
                 if upcast_to != schema_version {
-                    event.set_by_name("payload", JsonB(payload)).map_err(|e| internal(&e.to_string()))?;
+                    let payload = RawJsonb::from_value(&what(), payload)?;
+                    event.set_by_name("payload", payload).map_err(|e| internal(&e.to_string()))?;
                     event.set_by_name("schema_version", upcast_to).map_err(|e| internal(&e.to_string()))?;
                 }
                 call_handler(client, handler, state, event)?
             }
         };
+    }
+    if let Some(state) = &state {
+        // rules and handlers can grow a state past the limit: an error, before anything
+        // serialises it
+        crate::jsonb::check_value(&format!("the state of {stream}"), state)?;
     }
     if updated_at.is_none() {
         // served from a snapshot exactly at the target: the event there says when
@@ -241,7 +260,8 @@ fn call_handler(
             &[PgOid::BuiltIn(JSONBOID), PgOid::Custom(event_type)],
             &[state.map(JsonB).into(), event.into()],
         )?;
-        Ok(table.first().get_one::<JsonB>()?.map(|s| s.0))
+        let state = table.first().get::<RawJsonb>(1)?;
+        state.map(|s| s.value("the state a reducer handler returned")).transpose()
     })
 }
 

@@ -108,6 +108,13 @@ pub fn poll(tenant: &str, name: &str, max_count: i32) -> Result<Vec<Row>> {
 
 /// Moves the checkpoint to `cursor` if that is further on; returns whether it moved.
 pub fn ack(tenant: &str, name: &str, cursor: Cursor) -> Result<bool> {
+    // a cursor the feed cannot have returned would skip every event up to it
+    let end = super::read::feed_end(tenant)?;
+    if cursor > end {
+        return Err(Error::invalid("cursor is beyond the end of the feed")
+            .detail(format!("cursor is \"{cursor}\"; the feed ends at \"{end}\""))
+            .hint("Acknowledge the cursor of the last event poll_subscription returned."));
+    }
     Spi::connect(|client| {
         let moved = run(client, &ACK, &[
             tenant.into(),

@@ -75,8 +75,11 @@ thread_local! {
     static CATALOGS: Memo<(), Catalog> = Memo::new();
 }
 
+/// A stored definition that the current limits refuse (stored by an earlier version, or under
+/// a higher limit): an error for the calls that need it, never a crash.
 fn broken(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(Kind::Internal, format!("stored {what} no longer compiles: {e}"))
+    Error::invalid(format!("stored {what} no longer compiles: {e}"))
+        .hint("Register it again within the limits, or ask a superuser to raise eventstore.max_json_depth.")
 }
 
 /// The catalog of this backend, loaded again after any definition changed.
@@ -86,9 +89,12 @@ pub fn catalog() -> Result<Rc<Catalog>> {
 
 /// The catalog read now, with the row of the active version as stored.
 fn load() -> Result<(Catalog, Value)> {
-    let doc = Spi::connect(|client| Ok::<_, Error>(run(client, &CATALOG, &[])?.first().get_one::<JsonB>()?))?
-        .map(|j| j.0)
-        .unwrap_or(Value::Null);
+    // the catalog document holds the stored transforms three levels down
+    let doc = Spi::connect(|client| {
+        let datum = run(client, &CATALOG, &[])?.first().get::<crate::datum::RawJsonb>(1)?;
+        datum.map(|d| crate::jsonb::to_value_within("the api catalog", d.datum(), 3)).transpose()
+    })?
+    .unwrap_or(Value::Null);
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let mut versions = Vec::new();
     for v in doc["versions"].as_array().into_iter().flatten() {
@@ -265,21 +271,6 @@ pub fn register_version(version: &Version, released_at: TimestampWithTimeZone, m
     Ok(())
 }
 
-/// Why a function cannot be an API handler, or NULL when it can.
-static HANDLER_PROBLEM: Statement = Statement {
-    sql: "SELECT CASE
-                   WHEN p.prokind <> 'f' THEN 'is not a plain function'
-                   WHEN p.proretset THEN 'returns a set'
-                   WHEN p.pronargs <> 1 OR p.proargtypes[0] <> 'jsonb'::regtype
-                     THEN 'takes (' || pg_get_function_identity_arguments(p.oid) || ')'
-                   WHEN p.prorettype <> 'jsonb'::regtype THEN 'returns ' || format_type(p.prorettype, NULL)
-                 END,
-                 p.oid::regprocedure::text
-          FROM pg_proc p WHERE p.oid = $1",
-    args: &[OIDOID],
-    volatile: false,
-};
-
 static UPSERT_ROUTE: Statement = Statement {
     sql: "INSERT INTO eventstore.api_routes AS r (rpc_name, version, handler) VALUES ($1, $2, $3)
           ON CONFLICT (rpc_name, version) DO UPDATE
@@ -293,19 +284,9 @@ pub fn register_route(rpc: &str, version: &str, handler: RegProcedure) -> Result
     Spi::connect(|client| {
         run(client, &LOCK_VERSIONS, &[])?;
         let version = existing(client, version, Kind::NotFound)?;
-        let table = run(client, &HANDLER_PROBLEM, &[handler.0.into()])?;
-        if table.is_empty() {
-            return Err(Error::invalid("handler does not exist").detail(format!("no function with oid {}", handler.0)));
-        }
-        let row = table.first();
-        if let Some(problem) = row.get::<String>(1)? {
-            let name: String = row.get(2)?.unwrap_or_default();
-            return Err(Error::invalid(format!("handler {name} {problem}"))
-                .detail(format!("rpc \"{rpc}\", api version {version}"))
-                .hint("An API handler is a function (payload jsonb) RETURNS jsonb."));
-        }
+        super::handlers::check(client, handler, &super::handlers::API_ROUTE, Some(format!("rpc \"{rpc}\", api version {version}")))?;
         run(client, &UPSERT_ROUTE, &[rpc.into(), version.as_str().into(), handler.into()])?;
-        Ok(())
+        Ok::<_, Error>(())
     })?;
     cache::invalidate(c"api_routes");
     Ok(())
@@ -702,9 +683,25 @@ fn answer(catalog: &Catalog, plan: &Plan<'_>, rpc: &str, payload: Option<RawJson
             None => JsonB(json!({})).into(),
         }
     } else {
-        let mut doc = payload.map(RawJsonb::to_json).unwrap_or_else(|| json!({}));
-        plan.upgrades.iter().for_each(|t| t.apply(&mut doc));
-        JsonB(doc).into()
+        let max = crate::guc::max_json_depth();
+        let upgraded = payload.map(|p| p.value("payload")).unwrap_or_else(|| Ok(json!({}))).and_then(|mut doc| {
+            for t in &plan.upgrades {
+                t.apply(&mut doc, max).map_err(|deep| crate::jsonb::too_deep("payload", &deep))?;
+            }
+            Ok(doc)
+        });
+        match upgraded {
+            Ok(doc) => JsonB(doc).into(),
+            Err(e) => {
+                return Answer::Refused(Refusal {
+                    status: 400,
+                    code: "invalid_payload",
+                    message: e.message,
+                    details: json!({"rpc": rpc, "version": version, "detail": e.detail}),
+                    version: Some(plan.version),
+                });
+            }
+        }
     };
     if let Some(oid) = plan.handler.strip_prefix('#') {
         return Answer::Refused(Refusal {
@@ -720,14 +717,27 @@ fn answer(catalog: &Catalog, plan: &Plan<'_>, rpc: &str, payload: Option<RawJson
         Spi::connect(|client| {
             as_caller(|| {
                 let table = run_dynamic(client, &sql, &[PgOid::BuiltIn(JSONBOID)], &[argument])?;
-                Ok(table.first().get_one::<JsonB>()?.map(|j| j.0))
+                let answer = table.first().get::<crate::datum::RawJsonb>(1)?;
+                answer.map(|a| a.value("the handler's answer")).transpose()
             })
         })
     });
     match outcome {
         Ok(data) => {
             let mut data = data.unwrap_or(Value::Null);
-            plan.downgrades.iter().for_each(|t| t.apply(&mut data));
+            let max = crate::guc::max_json_depth();
+            for t in &plan.downgrades {
+                if let Err(deep) = t.apply(&mut data, max) {
+                    let e = crate::jsonb::too_deep("the handler's answer", &deep);
+                    return Answer::Refused(Refusal {
+                        status: 500,
+                        code: "handler_error",
+                        message: format!("rpc \"{rpc}\" failed at api version {version}"),
+                        details: json!({"sqlstate": "22023", "message": e.message, "detail": e.detail, "hint": null}),
+                        version: Some(plan.version),
+                    });
+                }
+            }
             Answer::Data(data)
         }
         Err(failure) => Answer::Refused(Refusal {

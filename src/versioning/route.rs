@@ -489,7 +489,7 @@ mod tests {
         let p = resolve(&c, &call("get", Some("1.10.0"), &RequestHeaders { app_version: Some("2.0.0".into()), ..h.clone() })).outcome.unwrap();
         assert_eq!((p.handler, p.upgrades.len(), p.downgrades.len()), ("h.get_v2", 1, 2));
         let mut response = json!({"b": 1, "c": 2});
-        p.downgrades.iter().for_each(|t| t.apply(&mut response));
+        p.downgrades.iter().for_each(|t| t.apply(&mut response, 64).unwrap());
         assert_eq!(response, json!({"a": 1, "d": 2}), "newest change first");
         // at 1.9.9 its own handler; at 1.5 the 1.9.9 handler, no change in (1.5, 1.9.9]
         let p = resolve(&c, &call("get", Some("1.9.9"), &h)).outcome.unwrap();

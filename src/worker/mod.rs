@@ -5,6 +5,7 @@
 //! and the postmaster restarts it after a crash (or when its database comes back).
 
 mod projections;
+mod restarts;
 pub mod status;
 
 use std::panic::AssertUnwindSafe;
@@ -95,6 +96,22 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     status::started(slot, &database);
     log!("eventstore worker started for database \"{database}\"");
+    // a worker that keeps crashing (and with it, every backend of the server) waits longer
+    // each time before it works again
+    let (quick, wait) = restarts::on_start(slot);
+    if !wait.is_zero() {
+        let message = format!("backing off {} s after {quick} quick restarts", wait.as_secs());
+        warning!("eventstore worker for database \"{database}\": {message}");
+        status::backing_off(slot, &message, wait);
+        let until = std::time::Instant::now() + wait;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+            if !BackgroundWorker::wait_latch(Some(left.min(Duration::from_secs(1)))) {
+                status::stopped(slot);
+                unsafe { pg_sys::proc_exit(1) };
+            }
+        }
+        status::backed_off(slot);
+    }
     crate::webhooks::deliver::release_leases(slot);
     let mut idle = false;
     loop {
@@ -114,6 +131,7 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
         idle = !applied.more && !more_deliveries;
     }
     status::stopped(slot);
+    restarts::on_clean_exit(slot);
     log!("eventstore worker for database \"{database}\" is exiting");
     // exit code 1: the postmaster starts it again after bgw_restart_time (a SIGTERM may come
     // from DROP DATABASE ... WITH (FORCE); the database may come back). At server shutdown it
@@ -171,6 +189,11 @@ fn look_for_work(slot: usize) -> Result<Work> {
 /// Runs `f` in its own transaction; an error is logged and recorded and the transaction rolled
 /// back, so one failing batch never ends the worker.
 pub(crate) fn transaction<R>(slot: usize, what: &str, f: impl FnOnce() -> Result<R>) -> Option<R> {
+    try_transaction(slot, what, f).ok()
+}
+
+/// The same, with the error's message for the caller.
+pub(crate) fn try_transaction<R>(slot: usize, what: &str, f: impl FnOnce() -> Result<R>) -> std::result::Result<R, String> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -188,13 +211,13 @@ pub(crate) fn transaction<R>(slot: usize, what: &str, f: impl FnOnce() -> Result
         Ok(value) => unsafe {
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();
-            Some(value)
+            Ok(value)
         },
         Err(message) => {
             unsafe { pg_sys::AbortCurrentTransaction() };
             warning!("eventstore worker: {what} failed: {message}");
             status::failed(slot, &format!("{what}: {message}"));
-            None
+            Err(message)
         }
     }
 }

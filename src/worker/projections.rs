@@ -9,11 +9,16 @@ use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use super::transaction;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::{transaction, try_transaction};
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 use crate::guc;
 use crate::store::caller::{as_role, subtransaction};
+use crate::store::handlers::{self, handler_name};
 use crate::store::plans::{Statement, run};
 use crate::store::{projections, read};
 
@@ -40,21 +45,21 @@ static ASYNC: Statement = Statement {
 
 /// The projection, without a lock: is there anything to do?
 static PEEK: Statement = Statement {
-    sql: "SELECT p.handler::regproc::text, p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
-                 p.failing_event_id, p.attempts, p.run_as
+    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
+                 p.failing_event_id, p.attempts, p.run_as, p.handler::oid
           FROM eventstore.projections p
-          WHERE p.tenant_id = $1 AND p.name = $2 AND p.mode = 'async'",
+          WHERE p.tenant_id = $1 AND p.name = $2 AND p.mode = 'async'"),
     args: &[TEXTOID, TEXTOID],
     volatile: true,
 };
 
 /// The projection, locked for this batch (a rebuild in progress makes the worker skip it).
 static CLAIM: Statement = Statement {
-    sql: "SELECT p.handler::regproc::text, p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
-                 p.failing_event_id, p.attempts, p.run_as
+    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
+                 p.failing_event_id, p.attempts, p.run_as, p.handler::oid
           FROM eventstore.projections p
           WHERE p.tenant_id = $1 AND p.name = $2 AND p.mode = 'async'
-          FOR UPDATE SKIP LOCKED",
+          FOR UPDATE SKIP LOCKED"),
     args: &[TEXTOID, TEXTOID],
     volatile: true,
 };
@@ -86,6 +91,44 @@ static PARK: Statement = Statement {
     volatile: true,
 };
 
+/// Why a projection's batch failed as a whole (not one of its events), recorded on its row so
+/// that projection_status() shows it while the worker backs off.
+static RECORD_FAILURE: Statement = Statement {
+    sql: "UPDATE eventstore.projections
+             SET last_error = $3, last_error_at = statement_timestamp()
+           WHERE tenant_id = $1 AND name = $2",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+/// Projections whose batches failed as a whole, and when to try again: a failure that belongs
+/// to no single event (the handler is gone, its role cannot run it) waits longer each time, up
+/// to a minute, instead of being retried every round.
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+thread_local! {
+    static BACKING_OFF: RefCell<HashMap<(String, String), Backoff>> = RefCell::new(HashMap::new());
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const LONGEST_BACKOFF: Duration = Duration::from_secs(60);
+
+fn backing_off(key: &(String, String)) -> bool {
+    BACKING_OFF.with(|b| b.borrow().get(key).is_some_and(|b| Instant::now() < b.until))
+}
+
+fn failed(key: (String, String)) {
+    BACKING_OFF.with(|b| {
+        let mut b = b.borrow_mut();
+        let failures = b.get(&key).map_or(0, |b| b.failures) + 1;
+        let wait = FIRST_BACKOFF.saturating_mul(1 << failures.min(16)).min(LONGEST_BACKOFF);
+        b.insert(key, Backoff { failures, until: Instant::now() + wait });
+    });
+}
+
 /// One round: a batch for every async projection of every tenant.
 pub fn round(slot: usize) -> Outcome {
     let list = transaction(slot, "listing projections", || {
@@ -103,10 +146,24 @@ pub fn round(slot: usize) -> Outcome {
     .unwrap_or_default();
     let mut outcome = Outcome::default();
     for (tenant, name) in list {
+        let key = (tenant, name);
+        if backing_off(&key) {
+            continue;
+        }
+        let (tenant, name) = (&key.0, &key.1);
         let what = format!("projection \"{name}\" of tenant \"{tenant}\"");
-        if let Some((applied, full)) = transaction(slot, &what, || batch(&tenant, &name)) {
-            outcome.applied += applied;
-            outcome.more |= full;
+        match try_transaction(slot, &what, || batch(tenant, name)) {
+            Ok((applied, full)) => {
+                BACKING_OFF.with(|b| b.borrow_mut().remove(&key));
+                outcome.applied += applied;
+                outcome.more |= full;
+            }
+            Err(message) => {
+                transaction(slot, "recording a projection failure", || {
+                    Spi::connect(|client| run(client, &RECORD_FAILURE, &[tenant.into(), name.into(), message.as_str().into()]).map(|_| ()))
+                });
+                failed(key);
+            }
         }
     }
     outcome
@@ -136,7 +193,7 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
     // the feed's end first, then the events: a batch that is not full has seen every event up
     // to that end, so the checkpoint may move there even past events the filter skips
     let end = read::feed_end(tenant)?;
-    let rows = read::read_all(tenant, seen.checkpoint, size, seen.event_types.clone(), None)?;
+    let (rows, problems) = read::read_all_checked(tenant, seen.checkpoint, size, seen.event_types.clone(), None)?;
     let full = rows.len() as i32 == size;
     if rows.is_empty() && end <= seen.checkpoint {
         return Ok((0, false));
@@ -155,15 +212,20 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
         // a rebuild moved it meanwhile: next round
         return Ok((0, false));
     }
+    let handler = handlers::callable(claimed.handler.clone(), &format!("projection \"{name}\""), claimed.handler_oid)?;
     let max_attempts = guc::PROJECTION_MAX_ATTEMPTS.get().max(1);
     let mut progress = Progress { checkpoint: claimed.checkpoint, applied: 0, failing: claimed.failing, attempts: claimed.attempts, error: None };
     let mut parked = Vec::new();
-    for row in &rows {
+    for (row, problem) in rows.iter().zip(problems) {
         let (cursor, event_id, position) = feed_fields(*row)?;
-        let outcome = subtransaction(|| {
-            Spi::connect(|client| as_role(claimed.run_as, || projections::call_feed(client, &claimed.handler, *row)))
-        })
-        .map_err(|failure| failure.message);
+        // an event that could not be read as its handler expects fails like a handler would
+        let outcome = match problem {
+            Some(problem) => Err(format!("the event cannot be read: {problem}")),
+            None => subtransaction(|| {
+                Spi::connect(|client| as_role(claimed.run_as, || projections::call_feed(client, &handler, *row)))
+            })
+            .map_err(|failure| failure.message),
+        };
         match outcome {
             Ok(()) => {
                 progress.checkpoint = cursor;
@@ -217,7 +279,9 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
 
 /// A projection's row as a batch needs it.
 struct Claimed {
-    handler: String,
+    /// `None` when the function was dropped since the projection was registered
+    handler: Option<String>,
+    handler_oid: Option<pg_sys::Oid>,
     event_types: Option<Vec<String>>,
     checkpoint: Cursor,
     failing: Option<Uuid>,
@@ -233,7 +297,8 @@ fn read_projection(client: &pgrx::spi::SpiClient<'_>, stmt: &'static Statement, 
     let row = table.first();
     let xid: String = row.get(3)?.unwrap_or_default();
     Ok(Some(Claimed {
-        handler: row.get(1)?.unwrap_or_default(),
+        handler: row.get(1)?,
+        handler_oid: row.get(8)?,
         event_types: row.get(2)?,
         checkpoint: Cursor { transaction_id: xid.parse().unwrap_or(0), position: row.get(4)?.unwrap_or(0) },
         failing: row.get(5)?,

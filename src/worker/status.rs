@@ -22,6 +22,8 @@ pub struct Slot {
     pub errors: u64,
     pub last_error: [u8; TEXT],
     pub last_error_at: i64,
+    /// when a worker that restarted too quickly starts working again (0: it is working)
+    pub backing_off_until: i64,
 }
 
 impl Default for Slot {
@@ -37,6 +39,7 @@ impl Default for Slot {
             errors: 0,
             last_error: [0; TEXT],
             last_error_at: 0,
+            backing_off_until: 0,
         }
     }
 }
@@ -95,6 +98,16 @@ pub fn failed(slot: usize, error: &str) {
     s.errors += 1;
     s.last_error_at = now();
     put(&mut s.last_error, error);
+}
+
+/// The worker waits before working, after restarting too quickly.
+pub fn backing_off(slot: usize, message: &str, wait: std::time::Duration) {
+    failed(slot, message);
+    STATUS.exclusive().slots[slot].backing_off_until = now() + wait.as_micros() as i64;
+}
+
+pub fn backed_off(slot: usize) {
+    STATUS.exclusive().slots[slot].backing_off_until = 0;
 }
 
 pub fn stopped(slot: usize) {

@@ -1,0 +1,218 @@
+//! jsonb values in and out of Rust, held to `eventstore.max_json_depth`.
+//!
+//! Reading walks PostgreSQL's binary jsonb with its own iterator (no text round trip, no
+//! recursion: serde's parser stops at 128 levels, and a deep value would otherwise be a crash
+//! waiting to happen), and refuses a value deeper than the limit with 22023 naming the path.
+//! Writing checks the depth first, so that serialising never recurses past the limit either.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+use pgrx::{IntoDatum, JsonB};
+use serde_json::{Map, Number, Value};
+
+use crate::error::{Error, Result};
+use crate::guc;
+use crate::json::limits::{self, Segment, TooDeep};
+
+/// The 22023 for a value nested deeper than the limit. `what` names the value (`payload`,
+/// `events[2].metadata`), `deep` the place relative to it.
+pub fn too_deep(what: &str, deep: &TooDeep) -> Error {
+    let max = guc::max_json_depth();
+    Error::invalid(format!("{what} is nested too deeply"))
+        .detail(format!("{what}{} is at depth {}; eventstore.max_json_depth is {max}", deep.path, deep.depth))
+        .hint("Flatten the document, or ask a superuser to raise eventstore.max_json_depth.")
+}
+
+/// Checks a Rust value against the limit.
+pub fn check_value(what: &str, value: &Value) -> Result<()> {
+    match limits::too_deep(value, guc::max_json_depth()) {
+        None => Ok(()),
+        Some(deep) => Err(too_deep(what, &deep)),
+    }
+}
+
+/// Checks a jsonb datum against the limit without converting it.
+pub fn check(what: &str, datum: pg_sys::Datum) -> Result<()> {
+    walk(what, datum, guc::max_json_depth(), &mut NoBuild)
+}
+
+/// A jsonb datum as a serde value, refused when it is deeper than the limit.
+pub fn to_value(what: &str, datum: pg_sys::Datum) -> Result<Value> {
+    to_value_within(what, datum, 0)
+}
+
+/// The same for a document that holds values which the limit applies to `levels` further
+/// down (a batch of events: the array and each event object come on top of their payloads).
+/// Those values must be checked on their own with `check_value`.
+pub fn to_value_within(what: &str, datum: pg_sys::Datum, levels: usize) -> Result<Value> {
+    let mut build = Build::default();
+    walk(what, datum, guc::max_json_depth() + levels, &mut build)?;
+    Ok(build.root.unwrap_or(Value::Null))
+}
+
+/// A serde value as a jsonb datum (in the current memory context), refused when deeper than
+/// the limit.
+pub fn from_value(what: &str, value: Value) -> Result<pg_sys::Datum> {
+    check_value(what, &value)?;
+    Ok(JsonB(value).into_datum().expect("jsonb_in returns a value"))
+}
+
+/// What the walk does with the tokens it meets.
+trait Sink {
+    fn begin(&mut self, object: bool);
+    fn key(&mut self, key: &str);
+    fn scalar(&mut self, value: &pg_sys::JsonbValue);
+    fn end(&mut self);
+}
+
+/// Only checks the depth.
+struct NoBuild;
+
+impl Sink for NoBuild {
+    fn begin(&mut self, _: bool) {}
+    fn key(&mut self, _: &str) {}
+    fn scalar(&mut self, _: &pg_sys::JsonbValue) {}
+    fn end(&mut self) {}
+}
+
+/// Builds the serde value, one container at a time.
+#[derive(Default)]
+struct Build {
+    open: Vec<(Value, Option<String>)>,
+    key: Option<String>,
+    root: Option<Value>,
+}
+
+impl Build {
+    fn put(&mut self, value: Value) {
+        match self.open.last_mut() {
+            None => self.root = Some(value),
+            Some((Value::Array(items), _)) => items.push(value),
+            Some((Value::Object(map), _)) => {
+                map.insert(self.key.take().unwrap_or_default(), value);
+            }
+            Some(_) => unreachable!("only containers are open"),
+        }
+    }
+}
+
+impl Sink for Build {
+    fn begin(&mut self, object: bool) {
+        let container = if object { Value::Object(Map::new()) } else { Value::Array(Vec::new()) };
+        self.open.push((container, self.key.take()));
+    }
+
+    fn key(&mut self, key: &str) {
+        self.key = Some(key.to_owned());
+    }
+
+    fn scalar(&mut self, value: &pg_sys::JsonbValue) {
+        let value = unsafe { scalar(value) };
+        self.put(value);
+    }
+
+    fn end(&mut self) {
+        let (container, key) = self.open.pop().expect("an open container");
+        self.key = key;
+        self.put(container);
+    }
+}
+
+/// A jsonb scalar as a serde value.
+unsafe fn scalar(v: &pg_sys::JsonbValue) -> Value {
+    unsafe {
+        match v.type_ {
+            pg_sys::jbvType::jbvNull => Value::Null,
+            pg_sys::jbvType::jbvBool => Value::Bool(v.val.boolean),
+            pg_sys::jbvType::jbvString => Value::String(text(v).to_owned()),
+            pg_sys::jbvType::jbvNumeric => {
+                let out = pgrx::direct_function_call::<&CStr>(pg_sys::numeric_out, &[Some(pg_sys::Datum::from(v.val.numeric))])
+                    .expect("numeric_out returns text");
+                // numeric_out writes plain JSON numbers (jsonb holds no NaN or infinity)
+                let text = out.to_str().unwrap_or("0");
+                Value::Number(text.parse::<Number>().unwrap_or_else(|_| Number::from(0)))
+            }
+            // jsonb on disk holds nothing else
+            _ => Value::Null,
+        }
+    }
+}
+
+/// The text of a jsonb string or key (UTF-8: the database encoding eventstore requires).
+unsafe fn text(v: &pg_sys::JsonbValue) -> &str {
+    unsafe {
+        let bytes = std::slice::from_raw_parts(v.val.string.val as *const u8, v.val.string.len as usize);
+        std::str::from_utf8(bytes).unwrap_or("\u{FFFD}")
+    }
+}
+
+/// Where the walk is inside one open container: the key it is under (objects) or the index of
+/// the element (arrays), kept as the jsonb's own bytes until a message needs them.
+enum Place {
+    Key(*const u8, usize),
+    Index(usize),
+}
+
+fn walk(what: &str, datum: pg_sys::Datum, max: usize, sink: &mut impl Sink) -> Result<()> {
+    use pg_sys::JsonbIteratorToken::*;
+    unsafe {
+        let jsonb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+        let mut iterator = pg_sys::JsonbIteratorInit(&raw mut (*jsonb).root);
+        let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+        // one entry per open container; a raw scalar's pseudo-array is not counted
+        let mut places: Vec<Place> = Vec::new();
+        let mut raw_scalar = false;
+        loop {
+            match pg_sys::JsonbIteratorNext(&mut iterator, &mut value, false) {
+                WJB_DONE => break,
+                token @ (WJB_BEGIN_ARRAY | WJB_BEGIN_OBJECT) => {
+                    if token == WJB_BEGIN_ARRAY && value.val.array.rawScalar {
+                        raw_scalar = true;
+                        continue;
+                    }
+                    if places.len() + 1 > max {
+                        return Err(too_deep(what, &TooDeep { path: path_of(&places), depth: places.len() + 1 }));
+                    }
+                    sink.begin(token == WJB_BEGIN_OBJECT);
+                    places.push(if token == WJB_BEGIN_OBJECT { Place::Key(std::ptr::null(), 0) } else { Place::Index(0) });
+                }
+                WJB_KEY => {
+                    if let Some(place) = places.last_mut() {
+                        *place = Place::Key(value.val.string.val as *const u8, value.val.string.len as usize);
+                    }
+                    sink.key(text(&value));
+                }
+                WJB_VALUE | WJB_ELEM => {
+                    sink.scalar(&value);
+                    advance(&mut places);
+                }
+                WJB_END_ARRAY if raw_scalar && places.is_empty() => raw_scalar = false,
+                WJB_END_ARRAY | WJB_END_OBJECT => {
+                    places.pop();
+                    sink.end();
+                    advance(&mut places);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After an element of an array: the next index.
+fn advance(places: &mut [Place]) {
+    if let Some(Place::Index(i)) = places.last_mut() {
+        *i += 1;
+    }
+}
+
+fn path_of(places: &[Place]) -> String {
+    limits::format_path(places.iter().map(|place| match place {
+        Place::Key(ptr, len) => {
+            let bytes = if ptr.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(*ptr, *len) } };
+            Segment::Key(std::str::from_utf8(bytes).unwrap_or("?"))
+        }
+        Place::Index(i) => Segment::Index(*i),
+    }))
+}
