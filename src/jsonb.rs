@@ -19,8 +19,14 @@ use crate::json::limits::{self, Segment, TooDeep};
 /// `events[2].metadata`), `deep` the place relative to it.
 pub fn too_deep(what: &str, deep: &TooDeep) -> Error {
     let max = guc::max_json_depth();
+    // an argument's name reads as the start of the path; a description does not
+    let at = if what.contains(' ') {
+        format!("the value at {}", if deep.path.is_empty() { "the top" } else { deep.path.trim_start_matches('.') })
+    } else {
+        format!("{what}{}", deep.path)
+    };
     Error::invalid(format!("{what} is nested too deeply"))
-        .detail(format!("{what}{} is at depth {}; eventstore.max_json_depth is {max}", deep.path, deep.depth))
+        .detail(format!("{at} is at depth {}; eventstore.max_json_depth is {max}", deep.depth))
         .hint("Flatten the document, or ask a superuser to raise eventstore.max_json_depth.")
 }
 

@@ -106,8 +106,8 @@ pub fn event_schema(tenant: &str, event_type: &str, schema_version: i32, schema:
         };
         let existing = run(client, &SCHEMA_OF_VERSION, &args(Value::Null)[..3])?;
         if !existing.is_empty() {
-            let stored: Option<JsonB> = existing.first().get_one()?;
-            if stored.map(|s| s.0) == Some(schema) {
+            let stored = existing.first().get_one::<crate::datum::RawJsonb>()?;
+            if stored.map(|s| s.value("the registered schema")).transpose()? == Some(schema) {
                 return Ok(false);
             }
             return Err(Error::invalid(format!("schema version {schema_version} of event type {event_type} is registered already"))

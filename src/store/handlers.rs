@@ -56,7 +56,8 @@ static PROBLEM: Statement = Statement {
                    WHEN p.proretset THEN 'returns a set'
                    WHEN n.nspname LIKE 'pg\\_temp\\_%' OR n.nspname LIKE 'pg\\_toast\\_temp\\_%'
                      THEN 'lives in a temporary schema'
-                   WHEN p.proargtypes::oid[] <> $2::regtype[]::oid[]
+                   -- oidvector counts from 0: compare as lists, not as arrays with their bounds
+                   WHEN array_to_string(p.proargtypes::oid[], ',') <> array_to_string($2::regtype[]::oid[], ',')
                      THEN 'takes (' || pg_get_function_identity_arguments(p.oid) || ')'
                    WHEN $3::regtype IS NOT NULL AND p.prorettype <> $3::regtype
                      THEN 'returns ' || format_type(p.prorettype, NULL)

@@ -410,3 +410,38 @@ def worker_database():
     yield WORKER_DB
     with admin_connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{WORKER_DB}" WITH (FORCE)')
+
+
+
+# --- the server stays up -------------------------------------------------------------------
+# No input, definition or stored row may take a backend down: a crashing backend makes the
+# postmaster end every connection of every database and tenant.
+
+
+class server_survives:
+    """`with server_survives(connect):` asserts that nothing in the block restarted the server:
+    a connection opened before it still works afterwards and pg_postmaster_start_time() is
+    unchanged. `connect` is the `connect` fixture (kwargs go to it); the connection is the
+    block's `as` value. When the server did restart, this waits until it accepts connections
+    again (so that later tests can run) and fails."""
+
+    def __init__(self, connect, **kwargs):
+        self.connect, self.kwargs = connect, kwargs
+
+    def __enter__(self):
+        self.sentinel = self.connect(**self.kwargs)
+        self.started = self._start_time()
+        return self.sentinel
+
+    def _start_time(self):
+        with self.sentinel.cursor() as cur:
+            return cur.execute("SELECT pg_postmaster_start_time()").fetchone()
+
+    def __exit__(self, *exc):
+        try:
+            now = self._start_time()
+        except psycopg.OperationalError as e:
+            connect_retrying(self.connect, **self.kwargs)
+            raise AssertionError(f"the server restarted: a connection opened before the call was lost ({e})") from e
+        assert now == self.started, f"the postmaster restarted: started at {self.started}, now {now}"
+        return False
