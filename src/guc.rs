@@ -10,12 +10,13 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `eventstore.tenant_claim`: the claim inside PostgREST's `request.jwt.claims` that names the
-/// tenant; a dotted path such as `app_metadata.org_id` is followed.
+/// tenant; a dotted path such as `app_metadata.org_id` is followed. Superuser-only (set it in
+/// the server configuration, or with ALTER ROLE/DATABASE ... SET).
 pub static TENANT_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"tenant_id"));
 
 /// `eventstore.require_tenant`: when on, a call without a tenant fails (42501) instead of
-/// using the tenant `default`.
+/// using the tenant `default`. Superuser-only, like `tenant_claim`.
 pub static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// `eventstore.redacting`: set (transaction-locally) only by the redaction functions, which run
@@ -79,7 +80,8 @@ pub fn init() {
         c"JWT claim (dotted path) in request.jwt.claims that names the tenant.",
         c"Read when eventstore.tenant_id is empty; PostgREST sets request.jwt.claims.",
         &TENANT_CLAIM,
-        GucContext::Userset,
+        // a client that could change it could pick its tenant through its own claims
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -87,7 +89,7 @@ pub fn init() {
         c"Refuse calls that carry no tenant instead of using the tenant 'default'.",
         c"",
         &REQUIRE_TENANT,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

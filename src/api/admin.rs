@@ -25,7 +25,7 @@ fn get_event_store_stats() -> Result<JsonB, ErrorReport> {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn feed_lag() -> Result<JsonB, ErrorReport> {
-    Ok(store::admin::feed_lag(&tenant::current()?)?)
+    Ok(store::admin::feed_lag(&tenant::current()?, store::admin::is_admin()?)?)
 }
 
 /// Soft delete hides a stream (a later append recreates it, numbering on); hard delete leaves a

@@ -38,29 +38,34 @@ static STATS: Statement = Statement {
 
 /// How far the feed is held back, and by whom: the oldest running transaction with an xid
 /// (in any database: transaction ids are cluster-wide) bounds what read_all may return.
+/// A transaction of another tenant (or one that wrote no event) is only said to exist to a
+/// caller without admin access ($2): no pid, user, application or database of it.
 static FEED_LAG: Statement = Statement {
     sql: "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon),
                held AS (SELECT count(*) AS n, min(e.recorded_at) AS oldest
                         FROM eventstore.events e, h
-                        WHERE e.tenant_id = $1 AND e.transaction_id >= h.horizon)
+                        WHERE e.tenant_id = $1 AND e.transaction_id >= h.horizon),
+               own AS (SELECT $2 OR EXISTS (SELECT 1 FROM eventstore.events e, h
+                                            WHERE e.tenant_id = $1 AND e.transaction_id = h.horizon) AS named),
+               blocker AS (SELECT (SELECT jsonb_build_object('pid', a.pid, 'database', a.datname, 'user', a.usename,
+                                    'application_name', a.application_name, 'state', a.state,
+                                    'xact_start', a.xact_start,
+                                    'xact_seconds', extract(epoch FROM clock_timestamp() - a.xact_start),
+                                    'wait_event', a.wait_event)
+                                  FROM pg_stat_activity a, h WHERE a.backend_xid = xid(h.horizon) LIMIT 1) AS backend,
+                                  (SELECT jsonb_build_object('gid', p.gid, 'prepared', p.prepared, 'owner', p.owner,
+                                    'database', p.database)
+                                  FROM pg_prepared_xacts p, h WHERE p.transaction = xid(h.horizon) LIMIT 1) AS prepared)
           SELECT jsonb_build_object(
             'horizon_xid', h.horizon::text,
             'held_back_events', held.n,
             'oldest_held_back_at', held.oldest,
             'lag_seconds', coalesce(extract(epoch FROM clock_timestamp() - held.oldest), 0),
-            'blocking_backend', (
-                SELECT jsonb_build_object('pid', a.pid, 'database', a.datname, 'user', a.usename,
-                         'application_name', a.application_name, 'state', a.state,
-                         'xact_start', a.xact_start,
-                         'xact_seconds', extract(epoch FROM clock_timestamp() - a.xact_start),
-                         'wait_event', a.wait_event)
-                FROM pg_stat_activity a WHERE a.backend_xid = xid(h.horizon) LIMIT 1),
-            'blocking_prepared_transaction', (
-                SELECT jsonb_build_object('gid', p.gid, 'prepared', p.prepared, 'owner', p.owner,
-                         'database', p.database)
-                FROM pg_prepared_xacts p WHERE p.transaction = xid(h.horizon) LIMIT 1))
-          FROM h, held",
-    args: &[TEXTOID],
+            'blocking_backend', CASE WHEN own.named THEN blocker.backend END,
+            'blocking_prepared_transaction', CASE WHEN own.named THEN blocker.prepared END,
+            'blocked_by_other_tenant', NOT own.named AND (blocker.backend IS NOT NULL OR blocker.prepared IS NOT NULL))
+          FROM h, held, own, blocker",
+    args: &[TEXTOID, BOOLOID],
     volatile: true,
 };
 
@@ -101,8 +106,29 @@ pub fn stats(tenant: &str) -> Result<JsonB> {
     one_jsonb(&STATS, tenant)
 }
 
-pub fn feed_lag(tenant: &str) -> Result<JsonB> {
-    one_jsonb(&FEED_LAG, tenant)
+/// The feed lag of `tenant`; `admin` callers are told who holds it back whoever that is.
+pub fn feed_lag(tenant: &str, admin: bool) -> Result<JsonB> {
+    Spi::connect(|client| {
+        let table = run(client, &FEED_LAG, &[tenant.into(), admin.into()])?;
+        table.first().get_one::<JsonB>()?.ok_or_else(|| Error::new(Kind::Internal, "feed lag query returned nothing"))
+    })
+}
+
+/// Whether the role calling the extension has admin access (or is a superuser): admins see
+/// the whole server in the reports, others only their tenant.
+static IS_ADMIN: Statement = Statement {
+    sql: "SELECT r.rolsuper OR EXISTS (
+              SELECT 1 FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'eventstore'::regnamespace AND p.proname = 'grant_access'
+                AND has_function_privilege(r.oid, p.oid, 'EXECUTE'))
+          FROM pg_catalog.pg_roles r WHERE r.oid = $1",
+    args: &[OIDOID],
+    volatile: false,
+};
+
+pub fn is_admin() -> Result<bool> {
+    let role = unsafe { pg_sys::GetOuterUserId() };
+    Spi::connect(|client| Ok(run(client, &IS_ADMIN, &[role.into()])?.first().get_one::<bool>()?.unwrap_or(false)))
 }
 
 /// Deletes a stream; true when something changed (false: absent, or deleted already).

@@ -13,12 +13,16 @@ from conftest import (admin_connect, append, append_events, backend_pid, expect_
 def roles(database):
     """Cluster-wide roles with unique names: two writers, a reader, an admin and one without
     access. Dropped (with their privileges) afterwards."""
-    names = {k: unique(f"es_{k}") for k in ("app_a", "app_b", "reader", "admin", "nobody")}
+    names = {k: unique(f"es_{k}") for k in ("app_a", "app_b", "reader", "admin", "nobody", "claims", "strict")}
     with admin_connect(database) as conn:
         for name in names.values():
             conn.execute(f'CREATE ROLE "{name}" LOGIN')
-        for k, access in (("app_a", "writer"), ("app_b", "writer"), ("reader", "reader"), ("admin", "admin")):
+        for k, access in (("app_a", "writer"), ("app_b", "writer"), ("reader", "reader"), ("admin", "admin"),
+                          ("claims", "writer"), ("strict", "writer")):
             conn.execute("SELECT eventstore.grant_access(%s, %s)", (names[k], access))
+        # tenant_claim and require_tenant are superuser settings: a DBA sets them per role
+        conn.execute(f'ALTER ROLE "{names["claims"]}" SET eventstore.tenant_claim = \'app_metadata.org_id\'')
+        conn.execute(f'ALTER ROLE "{names["strict"]}" SET eventstore.require_tenant = on')
     yield names
     with admin_connect(database) as conn:
         for name in names.values():
@@ -116,17 +120,18 @@ def test_feed_lag_counts_only_the_tenants_own_events(connect, roles, tenants):
 
 def test_tenant_from_a_dotted_claim_path(connect, roles, tenants):
     tc = unique("c")
-    conn = connect(user=roles["app_a"])
-    claims_tx(conn, {"sub": "u1", "app_metadata": {"org_id": tc}, "tenant_id": "ignored"},
-              tenant_claim="app_metadata.org_id")
-    assert current_tenant(conn) == tc
-    row = append(conn, "order", "1", "Placed", expected_version=0)
-    assert [r["event_id"] for r in read_stream(conn, "order", "1")] == [row["event_id"]]
-    assert conn.execute("SELECT DISTINCT tenant_id FROM eventstore.events").fetchall() == [{"tenant_id": tc}]
-    conn.execute("COMMIT")
+    # the role's eventstore.tenant_claim is app_metadata.org_id (set by the superuser)
+    dotted = connect(user=roles["claims"])
+    claims_tx(dotted, {"sub": "u1", "app_metadata": {"org_id": tc}, "tenant_id": "ignored"})
+    assert current_tenant(dotted) == tc
+    row = append(dotted, "order", "1", "Placed", expected_version=0)
+    assert [r["event_id"] for r in read_stream(dotted, "order", "1")] == [row["event_id"]]
+    assert dotted.execute("SELECT DISTINCT tenant_id FROM eventstore.events").fetchall() == [{"tenant_id": tc}]
+    dotted.execute("COMMIT")
     # transaction-local settings are gone with the transaction (safe behind a pooler)
-    assert current_tenant(conn) == "default"
-    assert stream_version(conn, "order", "1") == 0
+    assert current_tenant(dotted) == "default"
+    assert stream_version(dotted, "order", "1") == 0
+    conn = connect(user=roles["app_a"])
     # an explicit eventstore.tenant_id wins over the claims
     ta, _ = tenants
     conn.execute("BEGIN")
@@ -146,9 +151,22 @@ def test_tenant_from_a_dotted_claim_path(connect, roles, tenants):
     conn.execute("COMMIT")
 
 
+def test_tenant_settings_are_for_superusers_only(connect, roles):
+    conn = connect(user=roles["app_a"])
+    for sql in ("SET eventstore.require_tenant = off",
+                "SET eventstore.tenant_claim = 'sub'",
+                "SELECT set_config('eventstore.tenant_claim', 'sub', true)",
+                "SELECT set_config('eventstore.require_tenant', 'off', false)"):
+        expect_error("42501", conn, sql)
+    strict = connect(user=roles["strict"])
+    expect_error("42501", strict, "RESET eventstore.require_tenant")
+    expect_error("42501", strict, "SELECT eventstore.current_tenant()")
+
+
 def test_require_tenant(connect, roles, tenants):
     ta, _ = tenants
-    conn = connect(user=roles["app_a"], settings={"eventstore.require_tenant": "on"})
+    # the role's eventstore.require_tenant is on (set by the superuser)
+    conn = connect(user=roles["strict"])
     for sql in ("SELECT eventstore.current_tenant()",
                 "SELECT eventstore.append_event('order', '1', 'E', '{}')",
                 "SELECT * FROM eventstore.append_events('order', '1', '[{\"event_type\": \"E\", \"payload\": {}}]')",
