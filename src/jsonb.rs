@@ -45,16 +45,29 @@ pub fn check(what: &str, datum: pg_sys::Datum) -> Result<()> {
 
 /// A jsonb datum as a serde value, refused when it is deeper than the limit.
 pub fn to_value(what: &str, datum: pg_sys::Datum) -> Result<Value> {
-    to_value_within(what, datum, 0)
+    to_value_within(what, datum, 0, |_| None)
 }
 
 /// The same for a document that holds values which the limit applies to `levels` further
 /// down (a batch of events: the array and each event object come on top of their payloads).
 /// Those values must be checked on their own with `check_value`.
-pub fn to_value_within(what: &str, datum: pg_sys::Datum, levels: usize) -> Result<Value> {
+/// An error names the value the limit is for when the place is one (`rebase` turns the path
+/// from the document's root into that value's name, the path inside it and the levels above
+/// it), else the whole document.
+pub fn to_value_within(
+    what: &str,
+    datum: pg_sys::Datum,
+    levels: usize,
+    rebase: impl Fn(&str) -> Option<(String, String)>,
+) -> Result<Value> {
     let mut build = Build::default();
-    walk(what, datum, guc::max_json_depth() + levels, &mut build)?;
-    Ok(build.root.unwrap_or(Value::Null))
+    match walk_raw(datum, guc::max_json_depth() + levels, &mut build) {
+        Ok(()) => Ok(build.root.unwrap_or(Value::Null)),
+        Err(deep) => Err(match rebase(&deep.path) {
+            Some((inner, path)) => too_deep(&inner, &TooDeep { path, depth: deep.depth - levels }),
+            None => too_deep(what, &deep),
+        }),
+    }
 }
 
 /// A serde value as a jsonb datum (in the current memory context), refused when deeper than
@@ -161,6 +174,10 @@ enum Place {
 }
 
 fn walk(what: &str, datum: pg_sys::Datum, max: usize, sink: &mut impl Sink) -> Result<()> {
+    walk_raw(datum, max, sink).map_err(|deep| too_deep(what, &deep))
+}
+
+fn walk_raw(datum: pg_sys::Datum, max: usize, sink: &mut impl Sink) -> std::result::Result<(), TooDeep> {
     use pg_sys::JsonbIteratorToken::*;
     unsafe {
         let jsonb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
@@ -178,7 +195,7 @@ fn walk(what: &str, datum: pg_sys::Datum, max: usize, sink: &mut impl Sink) -> R
                         continue;
                     }
                     if places.len() + 1 > max {
-                        return Err(too_deep(what, &TooDeep { path: path_of(&places), depth: places.len() + 1 }));
+                        return Err(TooDeep { path: path_of(&places), depth: places.len() + 1 });
                     }
                     sink.begin(token == WJB_BEGIN_OBJECT);
                     places.push(if token == WJB_BEGIN_OBJECT { Place::Key(std::ptr::null(), 0) } else { Place::Index(0) });

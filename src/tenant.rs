@@ -29,6 +29,45 @@ pub fn current() -> Result<String> {
     Ok(DEFAULT_TENANT.into())
 }
 
+/// The first key of the advisory lock that marks a transaction as writing for a tenant
+/// ('evnt'); the second is `writer_key(tenant)`.
+pub const WRITER_LOCK_CLASS: u32 = 0x6576_6e74;
+
+/// The second key of that lock: 32 bits of the tenant id's SHA-256.
+pub fn writer_key(tenant: &str) -> u32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(tenant.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Marks the current transaction as one that writes events of `tenant`: a shared advisory lock
+/// held until it ends, which no one else ever waits for. `feed_lag()` reads it from `pg_locks`
+/// to tell a tenant whether the transaction holding its feed back is its own, since that
+/// transaction's rows are invisible until it ends.
+pub fn mark_writing(tenant: &str) {
+    thread_local! {
+        static MARKED: std::cell::RefCell<(u32, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let xid = unsafe { pgrx::pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+    let done = MARKED.with(|m| {
+        let m = m.borrow();
+        xid != 0 && m.0 == xid && m.1 == tenant
+    });
+    if done {
+        return;
+    }
+    let tag = pgrx::pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pgrx::pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: WRITER_LOCK_CLASS,
+        locktag_field3: writer_key(tenant),
+        locktag_field4: 2,
+        locktag_type: pgrx::pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pgrx::pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe { pgrx::pg_sys::LockAcquire(&tag, pgrx::pg_sys::ShareLock as i32, false, false) };
+    MARKED.with(|m| *m.borrow_mut() = (xid, tenant.to_owned()));
+}
+
 /// The tenant named by the claim at a dotted `path` of the JSON claims; strings and numbers
 /// count, anything else (or nothing there) is no tenant.
 pub fn claim_at(claims: &str, path: &str) -> Result<Option<String>> {

@@ -52,7 +52,7 @@ fn append_events(
     let stream = super::stream(aggregate_type, aggregate_id)?;
     let events = events.map(RawJsonb::detoasted);
     // the array and each event object are two levels above the payloads the limit is for
-    let parsed = events.map(|e| crate::jsonb::to_value_within("events", e.datum(), 2)).transpose()?;
+    let parsed = events.map(|e| crate::jsonb::to_value_within("events", e.datum(), 2, batch_place)).transpose()?;
     let mut batch = input::batch(parsed.as_ref())?;
     for (i, event) in batch.iter_mut().enumerate() {
         let element = parsed.as_ref().map(|p| &p[i]);
@@ -67,6 +67,17 @@ fn append_events(
     let expected = input::expected_version(expected_version)?;
     let rows = append(&stream, &batch, Body::Batch(events.expect("checked above")), expected)?;
     Ok(SetOfIterator::new(rows.into_iter().map(AppendedRow)))
+}
+
+/// `[3].payload.a.b` of a batch as (`events[3].payload`, `.a.b`): the value a limit is for.
+fn batch_place(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix('[')?;
+    let (index, rest) = rest.split_once(']')?;
+    index.parse::<usize>().ok()?;
+    ["payload", "metadata"].iter().find_map(|part| {
+        let inner = rest.strip_prefix('.')?.strip_prefix(part)?;
+        (inner.is_empty() || inner.starts_with(['.', '['])).then(|| (format!("events[{index}].{part}"), inner.to_owned()))
+    })
 }
 
 /// A jsonb argument that must be an object: returns it and its number of keys, or a 22023 that

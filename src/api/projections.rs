@@ -127,7 +127,9 @@ fn worker_status() -> Result<JsonB, ErrorReport> {
     let own = projections::status(&tenant::current()?)?;
     let backlog: i64 = own.iter().filter(|p| p.1 == "async").map(|p| p.3).sum();
     out["backlog"] = serde_json::json!(backlog);
-    if !crate::store::admin::is_admin()? && out.get("pid").is_some() {
+    let admin = crate::store::admin::is_admin()?;
+    out["scope"] = serde_json::json!(if admin { "server" } else { "tenant" });
+    if !admin && out.get("pid").is_some() {
         // the worker serves every tenant: others see only their own projections' part
         let failing: Vec<_> = own.iter().filter(|p| p.6.is_some()).collect();
         let latest = failing.iter().max_by_key(|p| p.7.map(|t| t.into_inner()));
@@ -135,9 +137,6 @@ fn worker_status() -> Result<JsonB, ErrorReport> {
         out["errors"] = serde_json::json!(failing.len());
         out["last_error"] = serde_json::json!(latest.and_then(|p| p.6.clone()));
         out["last_error_at"] = serde_json::json!(latest.and_then(|p| p.7).map(|t| t.to_string()));
-        out["scope"] = serde_json::json!("tenant");
-    } else {
-        out["scope"] = serde_json::json!("server");
     }
     Ok(JsonB(out))
 }

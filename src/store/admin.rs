@@ -45,8 +45,13 @@ static FEED_LAG: Statement = Statement {
                held AS (SELECT count(*) AS n, min(e.recorded_at) AS oldest
                         FROM eventstore.events e, h
                         WHERE e.tenant_id = $1 AND e.transaction_id >= h.horizon),
-               own AS (SELECT $2 OR EXISTS (SELECT 1 FROM eventstore.events e, h
-                                            WHERE e.tenant_id = $1 AND e.transaction_id = h.horizon) AS named),
+               -- the blocker's rows are invisible until it ends: its writer lock says whose they are
+               own AS (SELECT $2 OR EXISTS (
+                           SELECT 1 FROM pg_locks l, h
+                           WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                             AND l.classid = $3 AND l.objid = $4 AND l.objsubid = 2
+                             AND (l.pid IN (SELECT a.pid FROM pg_stat_activity a WHERE a.backend_xid = xid(h.horizon))
+                                  OR l.virtualtransaction = '-1/' || xid(h.horizon)::text)) AS named),
                blocker AS (SELECT (SELECT jsonb_build_object('pid', a.pid, 'database', a.datname, 'user', a.usename,
                                     'application_name', a.application_name, 'state', a.state,
                                     'xact_start', a.xact_start,
@@ -65,7 +70,7 @@ static FEED_LAG: Statement = Statement {
             'blocking_prepared_transaction', CASE WHEN own.named THEN blocker.prepared END,
             'blocked_by_other_tenant', NOT own.named AND (blocker.backend IS NOT NULL OR blocker.prepared IS NOT NULL))
           FROM h, held, own, blocker",
-    args: &[TEXTOID, BOOLOID],
+    args: &[TEXTOID, BOOLOID, OIDOID, OIDOID],
     volatile: true,
 };
 
@@ -109,7 +114,8 @@ pub fn stats(tenant: &str) -> Result<JsonB> {
 /// The feed lag of `tenant`; `admin` callers are told who holds it back whoever that is.
 pub fn feed_lag(tenant: &str, admin: bool) -> Result<JsonB> {
     Spi::connect(|client| {
-        let table = run(client, &FEED_LAG, &[tenant.into(), admin.into()])?;
+        let (class, key) = (pg_sys::Oid::from(crate::tenant::WRITER_LOCK_CLASS), pg_sys::Oid::from(crate::tenant::writer_key(tenant)));
+        let table = run(client, &FEED_LAG, &[tenant.into(), admin.into(), class.into(), key.into()])?;
         table.first().get_one::<JsonB>()?.ok_or_else(|| Error::new(Kind::Internal, "feed lag query returned nothing"))
     })
 }

@@ -143,6 +143,7 @@ fn key(stream: &Stream) -> [DatumWithOid<'_>; 3] {
 pub fn append(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<Vec<Row>> {
     let (rows, last) = insert(stream, events, body, expected)?;
     if let Some(last) = last {
+        crate::tenant::mark_writing(&stream.tenant);
         crate::notify::appended(&stream.tenant, &stream.aggregate_type);
         super::projections::run_inline(stream, last - events.len() as i64 + 1, last)?;
         state::snapshot_after_append(stream, last - events.len() as i64, last)?;

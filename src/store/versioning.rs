@@ -92,7 +92,7 @@ fn load() -> Result<(Catalog, Value)> {
     // the catalog document holds the stored transforms three levels down
     let doc = Spi::connect(|client| {
         let datum = run(client, &CATALOG, &[])?.first().get::<crate::datum::RawJsonb>(1)?;
-        datum.map(|d| crate::jsonb::to_value_within("the api catalog", d.datum(), 3)).transpose()
+        datum.map(|d| crate::jsonb::to_value_within("the api catalog", d.datum(), 3, |_| None)).transpose()
     })?
     .unwrap_or(Value::Null);
     let text = |v: &Value| v.as_str().map(str::to_owned);

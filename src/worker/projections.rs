@@ -153,10 +153,16 @@ pub fn round(slot: usize) -> Outcome {
         let (tenant, name) = (&key.0, &key.1);
         let what = format!("projection \"{name}\" of tenant \"{tenant}\"");
         match try_transaction(slot, &what, || batch(tenant, name)) {
-            Ok((applied, full)) => {
+            Ok(Batch { applied, full, blocked: None }) => {
                 BACKING_OFF.with(|b| b.borrow_mut().remove(&key));
                 outcome.applied += applied;
                 outcome.more |= full;
+            }
+            Ok(Batch { applied, blocked: Some(message), .. }) => {
+                // recorded with the batch's progress; the same error every round would be noise
+                warning!("eventstore worker: projection \"{name}\" of tenant \"{tenant}\" cannot run: {message}");
+                outcome.applied += applied;
+                failed(key);
             }
             Err(message) => {
                 transaction(slot, "recording a projection failure", || {
@@ -185,9 +191,9 @@ struct Progress {
 /// One batch of one projection; returns the events applied and whether the batch was full.
 /// An idle projection costs no write and no transaction id: its row is locked (and updated)
 /// only when there are events to apply or its checkpoint can move.
-fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
+fn batch(tenant: &str, name: &str) -> Result<Batch> {
     let Some(seen) = Spi::connect(|client| read_projection(client, &PEEK, tenant, name))? else {
-        return Ok((0, false));
+        return Ok(Batch::default());
     };
     let size = guc::WORKER_BATCH_SIZE.get().max(1);
     // the feed's end first, then the events: a batch that is not full has seen every event up
@@ -196,7 +202,7 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
     let (rows, problems) = read::read_all_checked(tenant, seen.checkpoint, size, seen.event_types.clone(), None)?;
     let full = rows.len() as i32 == size;
     if rows.is_empty() && end <= seen.checkpoint {
-        return Ok((0, false));
+        return Ok(Batch::default());
     }
     let Some(claimed) = Spi::connect(|client| {
         let claimed = read_projection(client, &CLAIM, tenant, name)?;
@@ -206,16 +212,17 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
         Ok::<_, Error>(claimed)
     })?
     else {
-        return Ok((0, false));
+        return Ok(Batch::default());
     };
     if claimed.checkpoint != seen.checkpoint {
         // a rebuild moved it meanwhile: next round
-        return Ok((0, false));
+        return Ok(Batch::default());
     }
     let handler = handlers::callable(claimed.handler.clone(), &format!("projection \"{name}\""), claimed.handler_oid)?;
     let max_attempts = guc::PROJECTION_MAX_ATTEMPTS.get().max(1);
     let mut progress = Progress { checkpoint: claimed.checkpoint, applied: 0, failing: claimed.failing, attempts: claimed.attempts, error: None };
     let mut parked = Vec::new();
+    let mut blocked = None;
     for (row, problem) in rows.iter().zip(problems) {
         let (cursor, event_id, position) = feed_fields(*row)?;
         // an event that could not be read as its handler expects fails like a handler would
@@ -224,8 +231,18 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
             None => subtransaction(|| {
                 Spi::connect(|client| as_role(claimed.run_as, || projections::call_feed(client, &handler, *row)))
             })
-            .map_err(|failure| failure.message),
+            .map_err(|failure| {
+                if no_event_could_pass(&failure.sqlstate) {
+                    blocked = Some(failure.message.clone());
+                }
+                failure.message
+            }),
         };
+        if let Some(message) = &blocked {
+            // not this event's fault: it stays where it is, uncounted, and the worker backs off
+            progress.error = Some(message.clone());
+            break;
+        }
         match outcome {
             Ok(()) => {
                 progress.checkpoint = cursor;
@@ -274,7 +291,23 @@ fn batch(tenant: &str, name: &str) -> Result<(u64, bool)> {
         ])?;
         Ok::<_, Error>(())
     })?;
-    Ok((progress.applied as u64, full && progress.failing.is_none()))
+    Ok(Batch { applied: progress.applied as u64, full: full && progress.failing.is_none() && blocked.is_none(), blocked })
+}
+
+/// What one batch did.
+#[derive(Default)]
+struct Batch {
+    applied: u64,
+    /// it came back full: there is more to do right away
+    full: bool,
+    /// why it stopped before an event that no event could have passed
+    blocked: Option<String>,
+}
+
+/// Errors that say the handler cannot run at all (a privilege, a dropped table or schema),
+/// whatever the event: counting them against each event would park the whole feed.
+fn no_event_could_pass(sqlstate: &str) -> bool {
+    ["42", "3F", "3D"].iter().any(|class| sqlstate.starts_with(class))
 }
 
 /// A projection's row as a batch needs it.

@@ -271,3 +271,26 @@ def test_the_log_is_append_only_even_for_the_superuser(connect, tenants):
     expect_error("42501", su, "TRUNCATE eventstore.events CASCADE")
     stored = su.execute("SELECT payload FROM eventstore.events WHERE event_id = %s", (row["event_id"],)).fetchall()
     assert stored == [{"payload": {"v": 1}}]
+
+
+def test_reports_do_not_name_another_tenants_backend(connect, roles, tenants):
+    """feed_lag() of a tenant whose feed another tenant's transaction holds back says so, but
+    not who; an admin is told who. worker_status() shows a non-admin only its own errors."""
+    ta, tb = tenants
+    holder = connect(user=roles["app_a"], tenant=ta, autocommit=False, application_name="secret-app")
+    append(holder, "order", "held", "Held")
+    b = connect(user=roles["app_b"], tenant=tb)
+    append(b, "order", "after", "Later")
+    lag_b = feed_lag(b)
+    assert lag_b["held_back_events"] == 1, lag_b
+    assert lag_b["blocking_backend"] is None and lag_b["blocking_prepared_transaction"] is None, lag_b
+    assert lag_b["blocked_by_other_tenant"] is True, lag_b
+    assert "secret-app" not in json.dumps(lag_b) and str(backend_pid(holder)) not in json.dumps(lag_b)
+    admin = connect(user=roles["admin"], tenant=tb)
+    assert feed_lag(admin)["blocking_backend"]["pid"] == backend_pid(holder)
+    own = connect(user=roles["app_a"], tenant=ta)
+    assert feed_lag(own)["blocking_backend"]["application_name"] == "secret-app"
+    holder.rollback()
+    status = b.execute("SELECT eventstore.worker_status() AS s").fetchone()["s"]
+    assert status["scope"] == "tenant", status
+    assert admin.execute("SELECT eventstore.worker_status() AS s").fetchone()["s"]["scope"] == "server"
