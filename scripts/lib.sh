@@ -52,5 +52,19 @@ cluster_stop() {
 # Builds and installs the extension into Debian's PostgreSQL 15 (release profile).
 install_extension() {
   log "building and installing eventstore (release)"
-  (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+  (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null) && install_frozen_scripts
+}
+
+# `cargo pgrx install` writes the current version's script and copies the update scripts
+# (sql/eventstore--A--B.sql), but not the frozen install scripts of earlier releases, which
+# CREATE EXTENSION eventstore VERSION 'A' needs.
+install_frozen_scripts() {
+  local dir f
+  dir="$("$PG_CONFIG" --sharedir)/extension"
+  for f in "$ROOT"/sql/eventstore--*.sql; do
+    case "$(basename "$f")" in
+      eventstore--*--*.sql) ;;
+      *) install -m 644 "$f" "$dir/" || return 1 ;;
+    esac
+  done
 }

@@ -4,6 +4,8 @@
 #   pg_test    #[pg_test]s inside a throwaway PostgreSQL (cargo pgrx test, run as postgres)
 #   regress    pg_regress golden files for the public SQL surface
 #   client     pytest client tests against a real preloaded cluster (commits, many sessions)
+#   upgrade    every frozen earlier release installed, filled and updated: same catalog as a
+#              fresh install, rows kept, the extension goes on from them (tests/upgrade)
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -41,10 +43,10 @@ layer pg_test 'test result: .* [0-9]+ passed;' '[0-9]+ failed;' \
 
 # The layers below use the release build, installed into Debian's PostgreSQL 15.
 install_extension || exit 1
-# the worker serves the database the worker tests use
+# workers serve the databases the worker tests and the upgrade test use
 rm -rf "$TEST_DIR"
 cluster_start "$TEST_DIR" "$TEST_PORT" \
-  "eventstore.database = 'eventstore_worker_test'" "eventstore.worker_poll_interval = 50" "eventstore.webhook_allowed_hosts = '127.0.0.1'" "eventstore.webhook_timeout = 2000" || exit 1
+  "eventstore.database = 'eventstore_worker_test,upgrade_updated'" "eventstore.worker_poll_interval = 50" "eventstore.webhook_allowed_hosts = '127.0.0.1'" "eventstore.webhook_timeout = 2000" || exit 1
 trap 'cluster_stop "$TEST_DIR"; rm -rf "$OUT"' EXIT
 
 layer regress 'All [0-9]+ tests passed' '[0-9]+ of ' \
@@ -53,6 +55,9 @@ layer regress 'All [0-9]+ tests passed' '[0-9]+ of ' \
 layer client '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
   "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/client"
+
+layer upgrade 'upgrade: [0-9]+ passed' 'passed, [0-9]+ failed' \
+  bash "$ROOT/tests/upgrade/run.sh" "$TEST_PORT"
 
 echo
 echo "== summary =="
