@@ -222,8 +222,15 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
     let max_attempts = guc::PROJECTION_MAX_ATTEMPTS.get().max(1);
     let mut progress = Progress { checkpoint: claimed.checkpoint, applied: 0, failing: claimed.failing, attempts: claimed.attempts, error: None };
     let mut parked = Vec::new();
-    let mut blocked = None;
-    for (row, problem) in rows.iter().zip(problems) {
+    // the role cannot call the handler at all: no event is at fault, none is counted or
+    // parked, and the worker backs off until that is mended
+    let blocked = Spi::connect(|client| {
+        Ok::<_, Error>(run(client, &CANNOT_CALL, &[claimed.run_as.into(), claimed.handler_oid.into()])?.first().get_one::<String>()?)
+    })?;
+    if let Some(why) = &blocked {
+        progress.error = Some(format!("the projection's role cannot call its handler: {why}"));
+    }
+    for (row, problem) in rows.iter().zip(problems).take(if blocked.is_some() { 0 } else { usize::MAX }) {
         let (cursor, event_id, position) = feed_fields(*row)?;
         // an event that could not be read as its handler expects fails like a handler would
         let outcome = match problem {
@@ -231,18 +238,8 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
             None => subtransaction(|| {
                 Spi::connect(|client| as_role(claimed.run_as, || projections::call_feed(client, &handler, *row)))
             })
-            .map_err(|failure| {
-                if no_event_could_pass(&failure.sqlstate) {
-                    blocked = Some(failure.message.clone());
-                }
-                failure.message
-            }),
+            .map_err(|failure| failure.message),
         };
-        if let Some(message) = &blocked {
-            // not this event's fault: it stays where it is, uncounted, and the worker backs off
-            progress.error = Some(message.clone());
-            break;
-        }
         match outcome {
             Ok(()) => {
                 progress.checkpoint = cursor;
@@ -291,6 +288,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
         ])?;
         Ok::<_, Error>(())
     })?;
+    let blocked = blocked.and(progress.error.clone());
     Ok(Batch { applied: progress.applied as u64, full: full && progress.failing.is_none() && blocked.is_none(), blocked })
 }
 
@@ -304,11 +302,18 @@ struct Batch {
     blocked: Option<String>,
 }
 
-/// Errors that say the handler cannot run at all (a privilege, a dropped table or schema),
-/// whatever the event: counting them against each event would park the whole feed.
-fn no_event_could_pass(sqlstate: &str) -> bool {
-    ["42", "3F", "3D"].iter().any(|class| sqlstate.starts_with(class))
-}
+/// Why the projection's role ($1) cannot call its handler ($2) whatever the event, or NULL.
+static CANNOT_CALL: Statement = Statement {
+    sql: "SELECT CASE
+                   WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = $1) THEN 'the role no longer exists'
+                   WHEN NOT has_schema_privilege($1, 'eventstore', 'USAGE') THEN 'no USAGE on schema eventstore'
+                   WHEN NOT has_schema_privilege($1, (SELECT p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid = $2), 'USAGE')
+                     THEN 'no USAGE on the schema of the handler'
+                   WHEN NOT has_function_privilege($1, $2, 'EXECUTE') THEN 'no EXECUTE on the handler'
+                 END",
+    args: &[OIDOID, OIDOID],
+    volatile: true,
+};
 
 /// A projection's row as a batch needs it.
 struct Claimed {
