@@ -22,6 +22,8 @@ CREATE TABLE eventstore.reducers (
     rule            jsonb,
     handler         regprocedure,
     created_at      timestamptz NOT NULL DEFAULT statement_timestamp(),
+    -- the role that defined it: a handler runs as this role, in a security-restricted operation
+    run_as          oid,
     PRIMARY KEY (tenant_id, aggregate_type, event_type),
     CHECK ((rule IS NULL) <> (handler IS NULL))
 );

@@ -22,6 +22,29 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         .execute()
 }
 
+/// Runs a definition's handler as the role that registered it, the way PostgreSQL runs index
+/// expressions and materialized views during maintenance: a security-restricted operation (no
+/// `SET ROLE`, no temporary objects, no cursors left open) in which setting changes end with
+/// the call. So a superuser who reads a state or appends an event never runs another role's
+/// code with superuser rights.
+pub fn as_registrant<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let (mut current, mut context) = (pg_sys::InvalidOid, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut current, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    PgTryBuilder::new(AssertUnwindSafe(f))
+        .finally(|| unsafe {
+            pg_sys::AtEOXact_GUC(false, nest);
+            pg_sys::SetUserIdAndSecContext(current, context);
+        })
+        .execute()
+}
+
 /// Runs `f` as the role that was current outside the SECURITY DEFINER function.
 pub fn as_caller<R>(f: impl FnOnce() -> R) -> R {
     as_role(unsafe { pg_sys::GetOuterUserId() }, f)

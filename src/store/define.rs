@@ -23,11 +23,12 @@ static UPSERT_AGGREGATE: Statement = Statement {
 };
 
 static UPSERT_REDUCER: Statement = Statement {
-    sql: "INSERT INTO eventstore.reducers AS r (tenant_id, aggregate_type, event_type, rule, handler)
-          VALUES ($1, $2, $3, $4, $5)
+    sql: "INSERT INTO eventstore.reducers AS r (tenant_id, aggregate_type, event_type, rule, handler, run_as)
+          VALUES ($1, $2, $3, $4, $5, $6)
           ON CONFLICT (tenant_id, aggregate_type, event_type) DO UPDATE
-             SET rule = excluded.rule, handler = excluded.handler, created_at = statement_timestamp()",
-    args: &[TEXTOID, TEXTOID, TEXTOID, JSONBOID, REGPROCEDUREOID],
+             SET rule = excluded.rule, handler = excluded.handler, run_as = excluded.run_as,
+                 created_at = statement_timestamp()",
+    args: &[TEXTOID, TEXTOID, TEXTOID, JSONBOID, REGPROCEDUREOID, OIDOID],
     volatile: true,
 };
 
@@ -88,8 +89,10 @@ pub fn reducer(tenant: &str, aggregate_type: &str, event_type: &str, reducer: Re
                 (None, Some(handler))
             }
         };
+        // the definer's role, not the extension owner this function runs as
+        let run_as = unsafe { pg_sys::GetOuterUserId() };
         run(client, &UPSERT_REDUCER, &[
-            tenant.into(), aggregate_type.into(), event_type.into(), rule.into(), handler.into(),
+            tenant.into(), aggregate_type.into(), event_type.into(), rule.into(), handler.into(), run_as.into(),
         ])?;
         Ok::<_, Error>(())
     })?;

@@ -17,8 +17,9 @@ use crate::json::{ReducerProgram, TransformProgram};
 /// How one event type changes the state of an aggregate type.
 pub enum Reducer {
     Rule(ReducerProgram),
-    /// A SQL function `(state jsonb, event eventstore.event) -> jsonb`, by its (qualified) name.
-    Handler(String),
+    /// A SQL function `(state jsonb, event eventstore.event) -> jsonb`, by its (qualified) name,
+    /// and the role that defined it, which it runs as.
+    Handler(String, pg_sys::Oid),
     /// A handler function that was dropped after it was registered (its oid): every use is an
     /// error (42883), never a silent fallback to the default reducer.
     Missing(u32),
@@ -89,7 +90,11 @@ static REDUCERS: Statement = Statement {
     sql: "SELECT r.event_type, r.rule,
                  r.handler::text || (SELECT ' ' || md5(p.prosrc) FROM pg_proc p WHERE p.oid = r.handler),
                  (SELECT p.oid::regproc::text FROM pg_proc p WHERE p.oid = r.handler),
-                 r.handler::oid
+                 r.handler::oid,
+                 -- read through to_jsonb: a 0.1.0 schema (before ALTER EXTENSION UPDATE) has no
+                 -- run_as yet; its definitions, like the update's, run as the extension owner
+                 coalesce((to_jsonb(r) ->> 'run_as')::oid,
+                          (SELECT x.extowner FROM pg_catalog.pg_extension x WHERE x.extname = 'eventstore'))
           FROM eventstore.reducers r WHERE r.tenant_id = $1 AND r.aggregate_type = $2
           ORDER BY r.event_type",
     args: &[TEXTOID, TEXTOID],
@@ -175,7 +180,8 @@ fn load_aggregate(tenant: &str, aggregate_type: &str) -> Result<Aggregate> {
                 }
                 (None, Some(handler), _) => {
                     hasher.update(format!("\0handler\0{event_type}\0{handler}"));
-                    Reducer::Handler(handler_name.unwrap_or_default())
+                    let run_as: Option<pg_sys::Oid> = row.get(6)?;
+                    Reducer::Handler(handler_name.unwrap_or_default(), run_as.unwrap_or(pg_sys::InvalidOid))
                 }
                 (None, None, Some(oid)) => {
                     hasher.update(format!("\0missing\0{event_type}\0{}", oid.to_u32()));

@@ -11,7 +11,7 @@ use pgrx::PgOid;
 
 use super::event_columns;
 use super::handlers::{self, handler_name};
-use super::caller::as_caller;
+use super::caller::as_registrant;
 use super::plans::{Statement, run, run_dynamic};
 use super::{Row, Stream, caller_context};
 use crate::cache::Memo;
@@ -25,10 +25,12 @@ pub struct Inline {
     pub call: Option<String>,
     pub handler: Option<pg_sys::Oid>,
     pub event_types: Option<Vec<String>>,
+    /// the role that registered it, which the handler runs as
+    pub run_as: pg_sys::Oid,
 }
 
 static INLINE: Statement = Statement {
-    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.name, p.handler::oid
+    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.name, p.handler::oid, p.run_as
           FROM eventstore.projections p
           WHERE p.tenant_id = $1 AND p.mode = 'inline' ORDER BY p.name"),
     args: &[TEXTOID],
@@ -47,7 +49,7 @@ static UPSERT: Statement = Statement {
 };
 
 static GET: Statement = Statement {
-    sql: concat!("SELECT p.mode, ", handler_name!("p.reset_handler"), ", p.reset_handler::oid
+    sql: concat!("SELECT p.mode, ", handler_name!("p.reset_handler"), ", p.reset_handler::oid, p.run_as
           FROM eventstore.projections p
           WHERE p.tenant_id = $1 AND p.name = $2 FOR UPDATE"),
     args: &[TEXTOID, TEXTOID],
@@ -116,6 +118,7 @@ fn inline(tenant: &str) -> Result<Rc<Vec<Inline>>> {
                         event_types: row.get(2)?,
                         name: row.get(3)?.unwrap_or_default(),
                         handler: row.get(4)?,
+                        run_as: row.get(5)?.unwrap_or(pg_sys::InvalidOid),
                     });
                 }
                 Ok(out)
@@ -201,7 +204,7 @@ pub fn run_inline(stream: &Stream, first: i64, last: i64) -> Result<()> {
                 let what = || format!("inline projection \"{}\"", projection.name);
                 let handler = handler.get_or_insert(handlers::callable(projection.call.clone(), &what(), projection.handler));
                 let handler = handler.as_ref().map_err(Clone::clone)?;
-                as_caller(|| call(client, handler, *event))?;
+                as_registrant(projection.run_as, || call(client, handler, *event))?;
             }
         }
         Ok(())
@@ -247,7 +250,7 @@ pub fn register(
 /// goes back to the start, parked events are forgotten. An inline projection replays the whole
 /// feed now, in this transaction; an async one is replayed by the worker.
 pub fn rebuild(tenant: &str, name: &str) -> Result<i64> {
-    let (mode, reset) = Spi::connect(|client| {
+    let (mode, reset, run_as) = Spi::connect(|client| {
         let table = run(client, &GET, &[tenant.into(), name.into()])?;
         if table.is_empty() {
             return Err(not_found(name));
@@ -255,15 +258,16 @@ pub fn rebuild(tenant: &str, name: &str) -> Result<i64> {
         let row = table.first();
         let mode: String = row.get(1)?.unwrap_or_default();
         let (reset, reset_oid): (Option<String>, Option<pg_sys::Oid>) = (row.get(2)?, row.get(3)?);
+        let run_as: pg_sys::Oid = row.get(4)?.unwrap_or(pg_sys::InvalidOid);
         let reset = match reset_oid {
             Some(oid) => Some(handlers::callable(reset, &format!("the reset of projection \"{name}\""), Some(oid))?),
             None => None,
         };
-        Ok((mode, reset))
+        Ok((mode, reset, run_as))
     })?;
     Spi::connect(|client| {
         if let Some(reset) = &reset {
-            as_caller(|| run_dynamic(client, &format!("SELECT {reset}()"), &[], &[]).map(|_| ()))?;
+            as_registrant(run_as, || run_dynamic(client, &format!("SELECT {reset}()"), &[], &[]).map(|_| ()))?;
         }
         run(client, &RESTART, &[tenant.into(), name.into()])?;
         run(client, &CLEAR_PARKED, &[tenant.into(), name.into()])?;
@@ -276,7 +280,7 @@ pub fn rebuild(tenant: &str, name: &str) -> Result<i64> {
 }
 
 static INLINE_ONE: Statement = Statement {
-    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.handler::oid
+    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.handler::oid, p.run_as
           FROM eventstore.projections p
           WHERE p.tenant_id = $1 AND p.name = $2"),
     args: &[TEXTOID, TEXTOID],
@@ -303,10 +307,10 @@ static REPLAY_PAGE: Statement = Statement {
 
 /// Feeds every committed event of the tenant to an inline projection's handler.
 fn replay_inline(tenant: &str, name: &str) -> Result<i64> {
-    let (handler, event_types): (String, Option<Vec<String>>) = Spi::connect(|client| {
+    let (handler, event_types, run_as): (String, Option<Vec<String>>, pg_sys::Oid) = Spi::connect(|client| {
         let row = run(client, &INLINE_ONE, &[tenant.into(), name.into()])?.first();
         let handler = handlers::callable(row.get(1)?, &format!("inline projection \"{name}\""), row.get(3)?)?;
-        Ok::<_, Error>((handler, row.get(2)?))
+        Ok::<_, Error>((handler, row.get(2)?, row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid)))
     })?;
     let context = caller_context();
     let (mut after, mut applied) = (0i64, 0i64);
@@ -327,7 +331,7 @@ fn replay_inline(tenant: &str, name: &str) -> Result<i64> {
         super::read::upcast_rows_strict(tenant, &mut events)?;
         Spi::connect(|client| {
             for event in &events {
-                as_caller(|| call(client, &handler, *event))?;
+                as_registrant(run_as, || call(client, &handler, *event))?;
             }
             Ok::<_, Error>(())
         })?;
@@ -409,7 +413,7 @@ pub fn status(tenant: &str) -> Result<Vec<StatusRow>> {
 
 static PARKED: Statement = Statement {
     sql: concat!(
-        "SELECT x.event_id, ", handler_name!("p.handler"), ",
+        "SELECT x.event_id, ", handler_name!("p.handler"), ", p.run_as,
                  ROW(",
         event_columns!(),
         ")::eventstore.event
@@ -433,22 +437,23 @@ static UNPARK: Statement = Statement {
 /// each event that succeeds leaves the parking lot. Returns how many were replayed.
 pub fn replay_parked(tenant: &str, name: &str) -> Result<i64> {
     let context = caller_context();
-    let parked: Vec<(pgrx::Uuid, String, Row)> = Spi::connect(|client| {
+    let parked: Vec<(pgrx::Uuid, String, pg_sys::Oid, Row)> = Spi::connect(|client| {
         let mut table = run(client, &PARKED, &[tenant.into(), name.into()])?;
         let mut out = Vec::new();
         while let Some(row) = table.next() {
             let id: pgrx::Uuid = row.get(1)?.ok_or_else(|| Error::new(Kind::Internal, "parked event without id"))?;
             let handler = handlers::callable(row.get(2)?, &format!("projection \"{name}\""), None)?;
-            let datum = table.get_datum_by_ordinal(3)?.ok_or_else(|| Error::new(Kind::Internal, "parked event missing"))?;
-            out.push((id, handler, super::copy_composite(context, datum)));
+            let run_as: pg_sys::Oid = row.get(3)?.unwrap_or(pg_sys::InvalidOid);
+            let datum = table.get_datum_by_ordinal(4)?.ok_or_else(|| Error::new(Kind::Internal, "parked event missing"))?;
+            out.push((id, handler, run_as, super::copy_composite(context, datum)));
         }
         Ok::<_, Error>(out)
     })?;
-    let mut events: Vec<Row> = parked.iter().map(|p| p.2).collect();
+    let mut events: Vec<Row> = parked.iter().map(|p| p.3).collect();
     super::read::upcast_rows_strict(tenant, &mut events)?;
     Spi::connect(|client| {
-        for ((id, handler, _), event) in parked.iter().zip(&events) {
-            as_caller(|| call(client, handler, *event))?;
+        for ((id, handler, run_as, _), event) in parked.iter().zip(&events) {
+            as_registrant(*run_as, || call(client, handler, *event))?;
             run(client, &UNPARK, &[tenant.into(), name.into(), (*id).into()])?;
         }
         Ok(parked.len() as i64)

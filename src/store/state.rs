@@ -12,7 +12,7 @@ use crate::datum::RawJsonb;
 use serde_json::Value;
 
 use super::event_columns;
-use super::caller::as_caller;
+use super::caller::as_registrant;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -185,7 +185,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
     };
     let from = snapshot_version.unwrap_or(hidden_through);
 
-    let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(_)));
+    let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(..)));
     let [t, a, i] = key(stream);
     let events = run(client, if with_rows { &REPLAY_ROWS } else { &REPLAY }, &[t, a, i, from.into(), version.into()])?;
     let upcasting = definitions::tenant_upcasts(&stream.tenant)?;
@@ -220,7 +220,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
                     .detail(format!("aggregate type {}, handler oid {oid}, stream {stream}", stream.aggregate_type))
                     .hint("Define the reducer again with eventstore.define_reducer()."));
             }
-            Some(Reducer::Handler(handler)) => {
+            Some(Reducer::Handler(handler, run_as)) => {
                 let mut event: PgHeapTuple<'_, AllocatedByRust> =
                     row.get(7)?.ok_or_else(|| internal("replay row without event"))?;
                 if upcast_to != schema_version {
@@ -228,7 +228,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
                     event.set_by_name("payload", payload).map_err(|e| internal(&e.to_string()))?;
                     event.set_by_name("schema_version", upcast_to).map_err(|e| internal(&e.to_string()))?;
                 }
-                call_handler(client, handler, state, event)?
+                call_handler(client, handler, *run_as, state, event)?
             }
         };
     }
@@ -248,12 +248,13 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
 fn call_handler(
     client: &SpiClient<'_>,
     handler: &str,
+    run_as: pg_sys::Oid,
     state: Option<Value>,
     event: PgHeapTuple<'_, AllocatedByRust>,
 ) -> Result<Option<Value>> {
     let sql = format!("SELECT {handler}($1::jsonb, $2::eventstore.event)");
     let event_type = event_type_oid(client)?;
-    as_caller(|| {
+    as_registrant(run_as, || {
         let table = run_dynamic(
             client,
             &sql,

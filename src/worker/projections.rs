@@ -17,7 +17,7 @@ use super::{transaction, try_transaction};
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 use crate::guc;
-use crate::store::caller::{as_role, subtransaction};
+use crate::store::caller::{as_registrant, subtransaction};
 use crate::store::handlers::{self, handler_name};
 use crate::store::plans::{Statement, run};
 use crate::store::{projections, read};
@@ -236,7 +236,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
         let outcome = match problem {
             Some(problem) => Err(format!("the event cannot be read: {problem}")),
             None => subtransaction(|| {
-                Spi::connect(|client| as_role(claimed.run_as, || projections::call_feed(client, &handler, *row)))
+                Spi::connect(|client| as_registrant(claimed.run_as, || projections::call_feed(client, &handler, *row)))
             })
             .map_err(|failure| failure.message),
         };

@@ -1,5 +1,7 @@
 -- Fills a fresh 0.1.0 install with one of everything eventstore keeps, in two tenants, through
--- the 0.1.0 SQL surface only (tests/upgrade/run.sh; the worker serves this database).
+-- the 0.1.0 SQL surface (tests/upgrade/run.sh; the worker serves this database). The library
+-- loaded is this checkout's: where its functions write columns that 0.2.0 added, the rows are
+-- written as 0.1.0 wrote them instead.
 SET client_min_messages = warning;
 
 -- user code the definitions point to
@@ -34,9 +36,12 @@ SELECT eventstore.route_api_call('get_order', '{"id": 8}', requested_version => 
 CREATE FUNCTION pg_temp.define() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM eventstore.define_aggregate('account', '{"balance": 0}', snapshot_every => 3, keep_snapshots => 2);
-    PERFORM eventstore.define_reducer('account', 'Deposited', rule => '[{"op": "increment", "path": "balance", "from": "amount"}]');
-    PERFORM eventstore.define_reducer('account', 'Closed', rule => '[{"op": "$delete"}]');
-    PERFORM eventstore.define_reducer('account', 'Audited', handler => 'app.audit(jsonb, eventstore.event)');
+    -- the rows 0.1.0's define_reducer wrote (this library's define_reducer writes 0.2.0's
+    -- columns, which a 0.1.0 schema does not have)
+    INSERT INTO eventstore.reducers (tenant_id, aggregate_type, event_type, rule, handler) VALUES
+        (eventstore.current_tenant(), 'account', 'Deposited', '[{"op": "increment", "path": "balance", "from": "amount"}]', NULL),
+        (eventstore.current_tenant(), 'account', 'Closed', '[{"op": "$delete"}]', NULL),
+        (eventstore.current_tenant(), 'account', 'Audited', NULL, 'app.audit(jsonb, eventstore.event)');
     PERFORM eventstore.register_event_schema('Deposited', 1,
         '{"type": "object", "required": ["amount"], "properties": {"amount": {"type": "number"}}}');
     PERFORM eventstore.register_upcaster('Opened', 1, 2, '[{"op": "rename", "from": "owner", "to": "holder.name"}]');
