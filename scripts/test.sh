@@ -4,6 +4,8 @@
 #   pg_test    #[pg_test]s inside a throwaway PostgreSQL (cargo pgrx test, run as postgres)
 #   regress    pg_regress golden files for the public SQL surface
 #   client     pytest client tests against a real preloaded cluster (commits, many sessions)
+#   fuzz       generated inputs for every public function: never XX000, never a crash, nothing
+#              written by a failed call (tests/fuzz, seeded: see its README)
 #   upgrade    every frozen earlier release installed, filled and updated: same catalog as a
 #              fresh install, rows kept, the extension goes on from them (tests/upgrade)
 set -uo pipefail
@@ -55,6 +57,10 @@ layer regress 'All [0-9]+ tests passed' '[0-9]+ of ' \
 layer client '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
   "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/client"
+
+layer fuzz '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
+  env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
+  "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/fuzz"
 
 layer upgrade 'upgrade: [0-9]+ passed' 'passed, [0-9]+ failed' \
   bash "$ROOT/tests/upgrade/run.sh" "$TEST_PORT"

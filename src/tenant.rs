@@ -13,12 +13,12 @@ pub const DEFAULT_TENANT: &str = "default";
 /// `eventstore.require_tenant` is on.
 pub fn current() -> Result<String> {
     if let Some(tenant) = guc::string(&guc::TENANT_ID) {
-        return Ok(tenant);
+        return bounded(tenant, "eventstore.tenant_id");
     }
     if let Some(claims) = guc::by_name(c"request.jwt.claims") {
         let path = guc::string(&guc::TENANT_CLAIM).unwrap_or_else(|| "tenant_id".into());
         if let Some(tenant) = claim_at(&claims, &path)? {
-            return Ok(tenant);
+            return bounded(tenant, "the tenant claim");
         }
     }
     if guc::REQUIRE_TENANT.get() {
@@ -66,6 +66,19 @@ pub fn mark_writing(tenant: &str) {
     };
     unsafe { pgrx::pg_sys::LockAcquire(&tag, pgrx::pg_sys::ShareLock as i32, false, false) };
     MARKED.with(|m| *m.borrow_mut() = (xid, tenant.to_owned()));
+}
+
+/// A tenant id is a name like the others: at most 255 characters (it goes into every row and
+/// into notifications, whose payload is limited).
+fn bounded(tenant: String, from: &str) -> Result<String> {
+    let chars = tenant.chars().count();
+    if chars > crate::input::MAX_NAME_CHARS {
+        return Err(Error::invalid("the tenant id is too long").detail(format!(
+            "{from} has {chars} characters; at most {} are allowed",
+            crate::input::MAX_NAME_CHARS
+        )));
+    }
+    Ok(tenant)
 }
 
 /// The tenant named by the claim at a dotted `path` of the JSON claims; strings and numbers

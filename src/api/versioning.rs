@@ -198,12 +198,22 @@ fn parse_version(what: &str, text: Option<&str>) -> Result<Version> {
     })
 }
 
+/// A timestamp of an API version: finite, and within the years 1 to 9999, which HTTP dates
+/// (the Sunset header) can say and whose microseconds every later computation can hold.
 fn finite(what: &str, t: TimestampWithTimeZone) -> Result<TimestampWithTimeZone> {
-    if t.is_finite() {
-        Ok(t)
-    } else {
-        Err(Error::invalid(format!("{what} must be a finite timestamp")).detail(format!("{what} is {t}")))
+    // microseconds from 2000-01-01 (PostgreSQL's epoch) to 0001-01-01 and to 10000-01-01
+    const FIRST: i64 = -63_082_281_600_000_000;
+    const AFTER_LAST: i64 = 252_455_616_000_000_000;
+    if !t.is_finite() {
+        return Err(Error::invalid(format!("{what} must be a finite timestamp")).detail(format!("{what} is {t}")));
     }
+    let micros: i64 = t.into_inner();
+    if !(FIRST..AFTER_LAST).contains(&micros) {
+        return Err(Error::invalid(format!("{what} is out of range"))
+            .detail(format!("{what} is {t}"))
+            .hint("API version dates must fall in the years 1 to 9999."));
+    }
+    Ok(t)
 }
 
 fn docs(url: Option<&str>) -> Result<Option<&str>> {
