@@ -7,3 +7,8 @@
 ALTER TABLE eventstore.reducers ADD COLUMN run_as oid;
 UPDATE eventstore.reducers
    SET run_as = (SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'eventstore');
+
+-- Every sequence is dumped with its table, so that a restored database goes on numbering past
+-- the restored rows (0.1.0 missed these two: a redaction after a restore failed with 23505).
+SELECT pg_catalog.pg_extension_config_dump('eventstore.redactions_redaction_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.webhook_attempts_attempt_id_seq', '');

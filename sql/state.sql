@@ -91,3 +91,4 @@ SELECT pg_catalog.pg_extension_config_dump('eventstore.snapshots', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.event_schemas', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.upcasters', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.redactions', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.redactions_redaction_id_seq', '');

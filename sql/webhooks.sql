@@ -70,3 +70,4 @@ CREATE INDEX webhook_attempts_tenant_idx ON eventstore.webhook_attempts (tenant_
 SELECT pg_catalog.pg_extension_config_dump('eventstore.webhook_endpoints', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.webhook_deliveries', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.webhook_attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.webhook_attempts_attempt_id_seq', '');
