@@ -50,3 +50,16 @@ CREATE TABLE eventstore.parked_events (
 SELECT pg_catalog.pg_extension_config_dump('eventstore.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.projections', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.parked_events', '');
+
+-- The per-database secret behind each tenant's notification channel
+-- (eventstore.notification_channel()): read by the extension only. Registered for dumps
+-- without its row: a restored database makes a secret of its own (and new channel names).
+CREATE TABLE eventstore.secrets (
+    name    text  PRIMARY KEY,
+    secret  bytea NOT NULL
+);
+-- gen_random_uuid() draws from pg_strong_random(): two of them are 244 random bits
+INSERT INTO eventstore.secrets (name, secret)
+VALUES ('notification_channel', decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
+SELECT pg_catalog.pg_extension_config_dump('eventstore.secrets', 'WHERE false');
+

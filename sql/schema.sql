@@ -119,7 +119,18 @@ CREATE TRIGGER events_no_truncate
     BEFORE TRUNCATE ON eventstore.events
     FOR EACH STATEMENT EXECUTE FUNCTION eventstore._reject_event_mutation();
 
+-- Roles pinned to one tenant (grant_access(role, access, tenant => ...)): for a session whose
+-- session or current user is pinned, the tenant is the pinned one, whatever it sets. Read
+-- only by the extension itself.
+CREATE TABLE eventstore.pinned_roles (
+    role_id    oid         PRIMARY KEY,
+    tenant_id  text        NOT NULL,
+    pinned_at  timestamptz NOT NULL DEFAULT statement_timestamp(),
+    pinned_by  text        NOT NULL DEFAULT current_user
+);
+
 -- pg_dump keeps the rows of extension tables registered here.
 SELECT pg_catalog.pg_extension_config_dump('eventstore.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.events', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.events_global_position_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.pinned_roles', '');

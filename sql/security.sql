@@ -28,7 +28,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
             'current_tenant', 'read_stream', 'stream_version', 'read_all', 'feed_lag',
             'get_event_store_stats', 'get_aggregate_state', 'create_subscription',
             'poll_subscription', 'ack_subscription', 'drop_subscription', 'projection_status',
-            'worker_status', 'route_api_call', 'get_active_api_version']
+            'worker_status', 'route_api_call', 'get_active_api_version', 'notification_channel']
         WHEN 'writer' THEN ARRAY[
             'append_event', 'append_events', 'create_snapshot']
         WHEN 'admin' THEN ARRAY[
@@ -43,12 +43,13 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
     END
 $$;
 
-CREATE FUNCTION eventstore.grant_access(role name, access text) RETURNS void
+CREATE FUNCTION eventstore.grant_access(role name, access text, tenant text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     levels text[];
     fn regprocedure;
     tbl regclass;
+    pinned text;
 BEGIN
     levels := CASE access
         WHEN 'reader' THEN ARRAY['reader']
@@ -62,6 +63,23 @@ BEGIN
     IF role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role) THEN
         RAISE EXCEPTION 'role % does not exist', coalesce(quote_ident(role), 'NULL')
             USING ERRCODE = '22023';
+    END IF;
+    IF tenant IS NOT NULL THEN
+        IF btrim(tenant) = '' OR char_length(tenant) > 255 THEN
+            RAISE EXCEPTION 'tenant must be a non-empty name of at most 255 characters'
+                USING ERRCODE = '22023';
+        END IF;
+        SELECT p.tenant_id INTO pinned FROM eventstore.pinned_roles p
+         WHERE p.role_id = (SELECT r.oid FROM pg_roles r WHERE r.rolname = role);
+        IF pinned IS NOT NULL AND pinned <> tenant THEN
+            RAISE EXCEPTION 'role % is pinned to another tenant already', quote_ident(role)
+                USING ERRCODE = '22023', DETAIL = format('it is pinned to %L', pinned),
+                      HINT = 'A role acts for one tenant: create a role per tenant.';
+        END IF;
+        -- for the session whose session or current user this role is, the tenant is this one
+        INSERT INTO eventstore.pinned_roles (role_id, tenant_id, pinned_by)
+        SELECT r.oid, tenant, session_user FROM pg_roles r WHERE r.rolname = role
+        ON CONFLICT (role_id) DO NOTHING;
     END IF;
 
     EXECUTE format('GRANT USAGE ON SCHEMA eventstore TO %I', role);
@@ -88,8 +106,8 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION eventstore.grant_access(name, text) IS
-    'Grant a role reader, writer or admin access to eventstore in one call.';
+COMMENT ON FUNCTION eventstore.grant_access(name, text, text) IS
+    'Grant a role reader, writer or admin access to eventstore in one call; with a tenant, pin the role to it.';
 
 -- Secure by default: nothing but current_tenant() (used by the RLS policies) and the pure
 -- sign_webhook() is PUBLIC.

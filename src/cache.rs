@@ -12,9 +12,9 @@ use pgrx::pg_sys;
 use crate::error::Result;
 
 /// The definition tables whose changes invalidate the caches.
-const WATCHED_TABLES: [&std::ffi::CStr; 10] =
+const WATCHED_TABLES: [&std::ffi::CStr; 11] =
     [c"aggregates", c"reducers", c"event_schemas", c"upcasters", c"projections", c"webhook_endpoints",
-     c"api_versions", c"api_routes", c"api_changes", c"active_api_version"];
+     c"api_versions", c"api_routes", c"api_changes", c"active_api_version", c"pinned_roles"];
 
 thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };
@@ -45,7 +45,9 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     }
 }
 
-fn table_oid(name: &std::ffi::CStr) -> pg_sys::Oid {
+/// The oid of table `eventstore.<name>`; InvalidOid when it does not exist (also: a schema of
+/// an earlier version, before ALTER EXTENSION UPDATE added it).
+pub fn table_oid(name: &std::ffi::CStr) -> pg_sys::Oid {
     unsafe {
         let namespace = pg_sys::get_namespace_oid(c"eventstore".as_ptr(), true);
         if namespace == pg_sys::InvalidOid {

@@ -1,6 +1,10 @@
-//! `NOTIFY eventstore_events` after a transaction that appended events commits, naming the
-//! tenant and the aggregate types it touched, so consumers can LISTEN instead of polling; a
-//! rolled-back transaction sends nothing.
+//! Notifications after a transaction that appended events commits, so consumers can LISTEN
+//! instead of polling; a rolled-back transaction sends nothing. LISTEN cannot be limited by
+//! row-level security, so the shared channel `eventstore_events` carries only `{}` ("something
+//! was appended"), and each tenant's own channel, `eventstore_events_` + 16 hex digits of an
+//! HMAC of the tenant id under a per-database secret (`eventstore.notification_channel()`),
+//! carries `{"aggregate_types": [...]}`. Only a role that can act in the tenant can learn the
+//! name of its channel.
 //!
 //! A NOTIFY holds a database-wide lock from just before the commit until after it, so if every
 //! appending transaction sent one, all their commits would take turns. Where a background
@@ -23,6 +27,9 @@ const MAX_TYPES: usize = 100;
 thread_local! {
     /// tenant -> aggregate types appended to in the current transaction (None: nothing yet)
     static TOUCHED: RefCell<Option<BTreeMap<String, BTreeSet<String>>>> = const { RefCell::new(None) };
+    /// tenant -> its channel, for the transaction's own NOTIFY: named while the append runs,
+    /// since the pre-commit callback cannot read the secret (it has no snapshot)
+    static CHANNELS: RefCell<BTreeMap<String, String>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Notes an append; the first one of a transaction arranges the notification.
@@ -36,6 +43,12 @@ pub fn appended(tenant: &str, aggregate_type: &str) {
         }
         first
     });
+    if crate::worker::serving_slot().is_none() && !CHANNELS.with(|c| c.borrow().contains_key(tenant)) {
+        // a schema not yet updated to 0.2.0 has no channels of its own: the shared one says it
+        if let Ok(channel) = channel(tenant) {
+            CHANNELS.with(|c| c.borrow_mut().insert(tenant.to_owned(), channel));
+        }
+    }
     if first {
         match crate::worker::serving_slot() {
             Some(slot) => register_xact_callback(PgXactCallbackEvent::Commit, move || leave(slot)),
@@ -53,6 +66,7 @@ pub fn appended(tenant: &str, aggregate_type: &str) {
 
 fn forget() {
     TOUCHED.with(|t| *t.borrow_mut() = None);
+    CHANNELS.with(|c| c.borrow_mut().clear());
 }
 
 /// After the commit: the note for the worker.
@@ -63,18 +77,64 @@ fn leave(slot: usize) {
     crate::worker::status::wake_all();
 }
 
-/// The payload of one notification.
-pub fn payload(tenant: Option<&str>, types: Option<&[String]>) -> String {
-    serde_json::json!({ "tenant_id": tenant, "aggregate_types": types }).to_string()
+/// What the shared channel says: something was appended, in some tenant.
+pub const SHARED_PAYLOAD: &str = "{}";
+
+/// The payload of a tenant's channel: the aggregate types appended to (`null`: some were lost).
+pub fn payload(types: Option<&[String]>) -> String {
+    serde_json::json!({ "aggregate_types": types }).to_string()
+}
+
+static SECRET: crate::store::plans::Statement = crate::store::plans::Statement {
+    sql: "SELECT s.secret FROM eventstore.secrets s WHERE s.name = 'notification_channel'",
+    args: &[],
+    volatile: false,
+};
+
+thread_local! {
+    static CHANNEL_SECRET: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// The tenant's own channel: `eventstore_events_` and 16 hex digits of an HMAC-SHA256 of the
+/// tenant id under the database's secret (read once per backend, as the bootstrap superuser:
+/// the table is the extension's alone).
+pub fn channel(tenant: &str) -> crate::error::Result<String> {
+    use hmac::{Hmac, Mac};
+    if crate::cache::table_oid(c"secrets") == pg_sys::InvalidOid {
+        return Err(crate::error::Error::new(crate::error::Kind::WrongState, "tenant notification channels need eventstore 0.2.0")
+            .hint("Run ALTER EXTENSION eventstore UPDATE."));
+    }
+    let secret = match CHANNEL_SECRET.with(|s| s.borrow().clone()) {
+        Some(secret) => secret,
+        None => {
+            let secret = crate::store::caller::as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), || {
+                Spi::connect(|client| Ok::<_, crate::error::Error>(crate::store::plans::run(client, &SECRET, &[])?.first().get_one::<Vec<u8>>()?))
+            })?
+            .ok_or_else(|| crate::error::Error::new(crate::error::Kind::Internal, "eventstore internal error: no notification secret"))?;
+            CHANNEL_SECRET.with(|s| *s.borrow_mut() = Some(secret.clone()));
+            secret
+        }
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&secret).expect("HMAC takes keys of any length");
+    mac.update(tenant.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    Ok(format!("{CHANNEL}_{}", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+fn notify(channel: &str, payload: &str) {
+    unsafe {
+        pgrx::direct_function_call_as_datum(pg_sys::pg_notify, &[channel.into_datum(), payload.into_datum()]);
+    }
 }
 
 fn send() {
     let Some(touched) = TOUCHED.with(|t| t.borrow_mut().take()) else { return };
+    let channels = CHANNELS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    notify(CHANNEL, SHARED_PAYLOAD);
     for (tenant, types) in touched {
         let types: Vec<String> = types.into_iter().collect();
-        let payload = payload(Some(&tenant), Some(&types));
-        unsafe {
-            pgrx::direct_function_call_as_datum(pg_sys::pg_notify, &[CHANNEL.into_datum(), payload.into_datum()]);
+        if let Some(channel) = channels.get(&tenant) {
+            notify(channel, &payload(Some(&types)));
         }
     }
 }

@@ -12,6 +12,14 @@ pub const DEFAULT_TENANT: &str = "default";
 /// `eventstore.tenant_claim` in PostgREST's `request.jwt.claims`, else `default`, or 42501 when
 /// `eventstore.require_tenant` is on.
 pub fn current() -> Result<String> {
+    if let Some(pinned) = pinned()? {
+        if let Some(asked) = guc::string(&guc::TENANT_ID).filter(|t| *t != pinned) {
+            return Err(Error::new(Kind::NotPermitted, "this role is pinned to another tenant")
+                .detail(format!("eventstore.tenant_id is \"{}\"", asked.chars().take(255).collect::<String>()))
+                .hint("A pinned role acts only in its own tenant: reset eventstore.tenant_id."));
+        }
+        return Ok(pinned);
+    }
     if let Some(tenant) = guc::string(&guc::TENANT_ID) {
         return bounded(tenant, "eventstore.tenant_id");
     }
@@ -66,6 +74,47 @@ pub fn mark_writing(tenant: &str) {
     };
     unsafe { pgrx::pg_sys::LockAcquire(&tag, pgrx::pg_sys::ShareLock as i32, false, false) };
     MARKED.with(|m| *m.borrow_mut() = (xid, tenant.to_owned()));
+}
+
+static PINNED: crate::store::plans::Statement = crate::store::plans::Statement {
+    sql: "SELECT DISTINCT p.tenant_id FROM eventstore.pinned_roles p WHERE p.role_id IN ($1, $2)",
+    args: &[pgrx::pg_sys::BuiltinOid::OIDOID, pgrx::pg_sys::BuiltinOid::OIDOID],
+    volatile: false,
+};
+
+thread_local! {
+    static PINNED_TO: crate::cache::Memo<(u32, u32), Vec<String>> = crate::cache::Memo::new();
+}
+
+/// The tenant the session user or the current user is pinned to, if either is (cached; dropped
+/// when a pin changes). Two different pins are 42501.
+fn pinned() -> Result<Option<String>> {
+    use pgrx::pg_sys;
+    let (session, outer) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetOuterUserId()) };
+    // none before ALTER EXTENSION UPDATE from 0.1.0 has created the table
+    if crate::cache::table_oid(c"pinned_roles") == pgrx::pg_sys::InvalidOid {
+        return Ok(None);
+    }
+    let tenants = PINNED_TO.with(|memo| {
+        memo.get(&(session.to_u32(), outer.to_u32()), || {
+            // the pins are the extension's own: read as the bootstrap superuser, whoever asks
+            crate::store::caller::as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), || {
+                pgrx::Spi::connect(|client| {
+                    let mut out = Vec::new();
+                    for row in crate::store::plans::run(client, &PINNED, &[session.into(), outer.into()])? {
+                        out.extend(row.get::<String>(1)?);
+                    }
+                    Ok(out)
+                })
+            })
+        })
+    })?;
+    match tenants.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => Err(Error::new(Kind::NotPermitted, "the session user and the current user are pinned to different tenants")
+            .hint("Use one pinned role per session.")),
+    }
 }
 
 /// A tenant id is a name like the others: at most 255 characters (it goes into every row and

@@ -57,6 +57,14 @@ fn ack_subscription(name: Option<&str>, cursor: Option<&str>) -> Result<bool, Er
     Ok(subscriptions::ack(&tenant::current()?, &name, cursor)?)
 }
 
+/// The current tenant's own notification channel: LISTEN to it for the aggregate types each
+/// appending commit touched (the shared `eventstore_events` channel only says `{}`).
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn notification_channel() -> Result<String, ErrorReport> {
+    Ok(crate::notify::channel(&tenant::current()?)?)
+}
+
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn drop_subscription(name: Option<&str>) -> Result<(), ErrorReport> {

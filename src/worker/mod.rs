@@ -166,14 +166,15 @@ fn look_for_work(slot: usize) -> Result<Work> {
         if !crate::store::plans::run(client, &INSTALLED, &[])?.first().get_one::<bool>()?.unwrap_or(false) {
             return Ok(false);
         }
-        for (tenant, types) in &notices {
-            let payload = crate::notify::payload(Some(tenant), types.as_deref());
-            crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
+        if !notices.is_empty() || overflowed {
+            // when notes were lost, this is all that is said: something changed, somewhere
+            crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), crate::notify::SHARED_PAYLOAD.into()])?;
         }
-        if overflowed {
-            // some notes were lost: say that something changed, for everyone
-            let payload = crate::notify::payload(None, None);
-            crate::store::plans::run(client, &NOTIFY, &[crate::notify::CHANNEL.into(), payload.as_str().into()])?;
+        for (tenant, types) in &notices {
+            // a schema not yet updated to 0.2.0 has no channels of its own: the shared one said it
+            let Ok(channel) = crate::notify::channel(tenant) else { continue };
+            let payload = crate::notify::payload(types.as_deref());
+            crate::store::plans::run(client, &NOTIFY, &[channel.as_str().into(), payload.as_str().into()])?;
         }
         Ok::<_, Error>(true)
     })?;

@@ -232,10 +232,24 @@ def notifications(listener, timeout, stop_after=None):
     return list(listener.notifies(timeout=timeout, stop_after=stop_after))
 
 
+def listen(listener, tenant_conn):
+    """LISTENs on the shared channel and on the tenant's own; returns the tenant's channel."""
+    own = tenant_conn.execute("SELECT eventstore.notification_channel() AS c").fetchone()["c"]
+    listener.execute(f"LISTEN {CHANNEL}")
+    listener.execute(f'LISTEN "{own}"')
+    return own
+
+
+def said(got):
+    """channel -> payload of what one commit sent: the shared channel says only {}."""
+    return {n.channel: json.loads(n.payload) for n in got}
+
+
 def test_one_notify_per_committed_appending_transaction(connect, tenant):
     listener = connect()
-    listener.execute(f"LISTEN {CHANNEL}")
     writer = connect(tenant=tenant, autocommit=False)
+    own = listen(listener, writer)
+    assert own.startswith(CHANNEL + "_") and len(own) == len(CHANNEL) + 17
     writer_pid = backend_pid(writer)
     writer.commit()
 
@@ -245,10 +259,10 @@ def test_one_notify_per_committed_appending_transaction(connect, tenant):
     # nothing while the transaction is open
     assert notifications(listener, timeout=0.5) == []
     writer.commit()
-    got = notifications(listener, timeout=5, stop_after=1)
-    assert len(got) == 1, got
-    assert got[0].channel == CHANNEL and got[0].pid == writer_pid
-    assert json.loads(got[0].payload) == {"tenant_id": tenant, "aggregate_types": ["invoice", "order"]}
+    got = notifications(listener, timeout=5, stop_after=2)
+    assert len(got) == 2, got
+    assert {n.pid for n in got} == {writer_pid}
+    assert said(got) == {CHANNEL: {}, own: {"aggregate_types": ["invoice", "order"]}}
     # exactly one
     assert notifications(listener, timeout=0.5) == []
 
@@ -267,13 +281,13 @@ def test_one_notify_per_committed_appending_transaction(connect, tenant):
     # the next appending commit of the same session notifies again (autocommit too)
     auto = connect(tenant=tenant)
     append(auto, "customer", "c1", "Registered")
-    got = notifications(listener, timeout=5, stop_after=1)
-    assert [json.loads(n.payload) for n in got] == [{"tenant_id": tenant, "aggregate_types": ["customer"]}]
-    assert got[0].pid == backend_pid(auto)
+    got = notifications(listener, timeout=5, stop_after=2)
+    assert said(got) == {CHANNEL: {}, own: {"aggregate_types": ["customer"]}}
+    assert {n.pid for n in got} == {backend_pid(auto)}
     append(writer, "order", "o4", "Placed")
     writer.commit()
-    got = notifications(listener, timeout=5, stop_after=1)
-    assert [json.loads(n.payload) for n in got] == [{"tenant_id": tenant, "aggregate_types": ["order"]}]
+    got = notifications(listener, timeout=5, stop_after=2)
+    assert said(got) == {CHANNEL: {}, own: {"aggregate_types": ["order"]}}
     assert notifications(listener, timeout=0.3) == []
 
 
@@ -282,8 +296,9 @@ def test_prepared_transaction_leaks_no_notify_into_the_next_transaction(connect,
     not be sent by whatever transaction the session runs next (before the events are even
     visible)."""
     listener = connect()
-    listener.execute(f"LISTEN {CHANNEL}")
     writer = connect(tenant=tenant, autocommit=False)
+    own = listen(listener, writer)
+    writer.commit()
     gid = unique("es_2pc")
     append(writer, "order", "o1", "Placed")
     writer.execute(f"PREPARE TRANSACTION '{gid}'")
@@ -299,5 +314,22 @@ def test_prepared_transaction_leaks_no_notify_into_the_next_transaction(connect,
     # and the session's next appending commit still notifies, with its own types only
     append(writer, "invoice", "i1", "Issued")
     writer.commit()
-    got = notifications(listener, timeout=5, stop_after=1)
-    assert [json.loads(n.payload) for n in got] == [{"tenant_id": tenant, "aggregate_types": ["invoice"]}]
+    got = notifications(listener, timeout=5, stop_after=2)
+    assert said(got) == {CHANNEL: {}, own: {"aggregate_types": ["invoice"]}}
+
+
+def test_a_listener_learns_nothing_of_another_tenants_commits(connect, tenant):
+    """LISTEN cannot be limited by row-level security: the shared channel names no tenant and no
+    type, and the tenant's own channel name cannot be guessed from the tenant id."""
+    other = unique("t")
+    eavesdropper = connect(tenant=other)
+    theirs = eavesdropper.execute("SELECT eventstore.notification_channel() AS c").fetchone()["c"]
+    writer = connect(tenant=tenant)
+    own = writer.execute("SELECT eventstore.notification_channel() AS c").fetchone()["c"]
+    assert own != theirs and tenant not in own
+    eavesdropper.execute(f"LISTEN {CHANNEL}")
+    eavesdropper.execute(f'LISTEN "{theirs}"')
+    append(writer, "kindX", "1", "Secret")
+    got = notifications(eavesdropper, timeout=5, stop_after=1)
+    assert [(n.channel, n.payload) for n in got] == [(CHANNEL, "{}")]
+    assert notifications(eavesdropper, timeout=0.5) == []

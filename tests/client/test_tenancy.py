@@ -294,3 +294,50 @@ def test_reports_do_not_name_another_tenants_backend(connect, roles, tenants):
     status = b.execute("SELECT eventstore.worker_status() AS s").fetchone()["s"]
     assert status["scope"] == "tenant", status
     assert admin.execute("SELECT eventstore.worker_status() AS s").fetchone()["s"]["scope"] == "server"
+
+
+def test_a_pinned_role_acts_only_in_its_tenant(connect, database, tenants):
+    ta, tb = tenants
+    pinned = unique("es_pinned")
+    with admin_connect(database) as admin:
+        admin.execute(f'CREATE ROLE "{pinned}" LOGIN')
+        admin.execute("SELECT eventstore.grant_access(%s, 'writer', tenant => %s)", (pinned, ta))
+        # the same pin again is fine; another tenant is refused
+        admin.execute("SELECT eventstore.grant_access(%s, 'reader', tenant => %s)", (pinned, ta))
+        with pytest.raises(Exception) as info:
+            admin.execute("SELECT eventstore.grant_access(%s, 'writer', tenant => %s)", (pinned, tb))
+        assert info.value.sqlstate == "22023"
+    try:
+        b = connect(tenant=tb)
+        append(b, "order", "b-only", "Placed", {"secret": "b"})
+        conn = connect(user=pinned)
+        assert current_tenant(conn) == ta
+        append(conn, "order", "1", "Placed")
+        assert conn.execute("SELECT DISTINCT tenant_id FROM eventstore.events").fetchall() == [{"tenant_id": ta}]
+        # JWT claims naming another tenant change nothing
+        claims_tx(conn, {"sub": "u", "tenant_id": tb})
+        assert current_tenant(conn) == ta
+        assert stream_version(conn, "order", "b-only") == 0
+        conn.execute("COMMIT")
+        # asking for another tenant fails every call, and reads no row of it
+        conn.execute(f"SET eventstore.tenant_id = '{tb}'")
+        for sql in ("SELECT eventstore.current_tenant()",
+                    "SELECT eventstore.append_event('order', '2', 'E', '{}')",
+                    "SELECT * FROM eventstore.read_stream('order', 'b-only')",
+                    "SELECT eventstore.stream_version('order', 'b-only')",
+                    "SELECT * FROM eventstore.read_all()",
+                    "SELECT eventstore.get_event_store_stats()",
+                    "SELECT eventstore.feed_lag()",
+                    "SELECT * FROM eventstore.get_aggregate_state('order', 'b-only')",
+                    "SELECT eventstore.notification_channel()",
+                    "SELECT count(*) FROM eventstore.events",
+                    "SELECT count(*) FROM eventstore.streams"):
+            err = expect_error("42501", conn, sql)
+            assert "pinned" in err.diag.message_primary, sql
+        conn.execute(f"SET eventstore.tenant_id = '{ta}'")  # its own tenant is fine
+        assert stream_version(conn, "order", "1") == 1
+    finally:
+        with admin_connect(database) as admin:
+            admin.execute("DELETE FROM eventstore.pinned_roles WHERE role_id = %s::regrole", (pinned,))
+            admin.execute(f'DROP OWNED BY "{pinned}"')
+            admin.execute(f'DROP ROLE "{pinned}"')

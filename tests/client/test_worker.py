@@ -644,14 +644,18 @@ def test_where_a_worker_serves_the_database_it_sends_the_notifications(connect, 
     listener.execute("LISTEN eventstore_events")
     worker_pid = int(listener.execute("SELECT eventstore.worker_status()->>'pid' AS pid").fetchone()["pid"])
     writer = connect(tenant=tenant, autocommit=False)
+    own = writer.execute("SELECT eventstore.notification_channel() AS c").fetchone()["c"]
+    writer.commit()
+    listener.execute(f'LISTEN "{own}"')
     append(writer, "order", unique("o"), "Placed", {})
     append(writer, "invoice", unique("i"), "Issued", {})
     assert list(listener.notifies(timeout=0.5)) == []
     writer.commit()
-    got = list(listener.notifies(timeout=5, stop_after=1))
-    assert len(got) == 1
-    assert got[0].pid == worker_pid
-    assert json.loads(got[0].payload) == {"tenant_id": tenant, "aggregate_types": ["invoice", "order"]}
+    got = list(listener.notifies(timeout=5, stop_after=2))
+    assert len(got) == 2
+    assert {n.pid for n in got} == {worker_pid}
+    assert {n.channel: json.loads(n.payload) for n in got} == {
+        "eventstore_events": {}, own: {"aggregate_types": ["invoice", "order"]}}
     append(writer, "order", unique("o"), "Placed", {})
     writer.rollback()
     assert list(listener.notifies(timeout=1)) == []
