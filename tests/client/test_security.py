@@ -191,3 +191,16 @@ def test_a_dump_restores_every_row_and_numbering_goes_on(connect, database, tena
             admin.execute(f'DROP DATABASE IF EXISTS "{restored}" WITH (FORCE)')
         if os.path.exists(dump):
             os.remove(dump)
+
+
+@pytest.mark.parametrize("url", [
+    "http://[::127.0.0.1]/", "http://[64:ff9b::7f00:1]/", "http://[2002:7f00:1::1]/", "http://[::ffff:127.0.0.1]/",
+    "http://[2001::1]/", "http://[fd00::1]/", "http://[fec0::1]/", "http://100.64.0.1/", "http://0.0.0.0/",
+    "http://198.18.0.1/", "http://224.0.0.1/", "http://255.255.255.255/", "http://[ff02::1]/", "http://[64:ff9b:1::1]/",
+])
+def test_webhook_endpoints_at_special_purpose_addresses_are_refused(connect, tenant, url):
+    conn = connect(tenant=tenant)
+    err = expect_error("22023", conn, "SELECT * FROM eventstore.create_webhook_endpoint(%s)", (url,))
+    assert "internal address" in err.diag.message_primary
+    assert conn.execute("SELECT count(*) AS n FROM eventstore.webhook_endpoints WHERE tenant_id = %s",
+                        (tenant,)).fetchone()["n"] == 0
