@@ -4,6 +4,7 @@
 #   pg_test    #[pg_test]s inside a throwaway PostgreSQL (cargo pgrx test, run as postgres)
 #   regress    pg_regress golden files for the public SQL surface
 #   client     pytest client tests against a real preloaded cluster (commits, many sessions)
+#   postgrest  a real PostgREST 12 in front of the same cluster, driven over HTTP with signed JWTs
 #   upgrade    every frozen earlier release installed, filled and updated: same catalog as a
 #              fresh install, rows kept, the extension goes on from them (tests/upgrade)
 set -uo pipefail
@@ -31,7 +32,7 @@ layer() {
   passed=${passed:-0}; failed=${failed:-0}
   if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
   TOTAL_PASSED=$((TOTAL_PASSED + passed)); TOTAL_FAILED=$((TOTAL_FAILED + failed))
-  SUMMARY+=("$(printf '%-8s %s  (%s passed, %s failed)' "$name" "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$passed" "$failed")")
+  SUMMARY+=("$(printf '%-9s %s  (%s passed, %s failed)' "$name" "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$passed" "$failed")")
 }
 
 layer unit '[0-9]+ passed;' '[0-9]+ failed;' \
@@ -55,6 +56,10 @@ layer regress 'All [0-9]+ tests passed' '[0-9]+ of ' \
 layer client '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
   "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/client"
+
+layer postgrest '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
+  env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" POSTGREST="$POSTGREST" \
+  "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/postgrest"
 
 layer upgrade 'upgrade: [0-9]+ passed' 'passed, [0-9]+ failed' \
   bash "$ROOT/tests/upgrade/run.sh" "$TEST_PORT"
