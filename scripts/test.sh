@@ -6,6 +6,7 @@
 #   client     pytest client tests against a real preloaded cluster (commits, many sessions)
 #   fuzz       generated inputs for every public function: never XX000, never a crash, nothing
 #              written by a failed call (tests/fuzz, seeded: see its README)
+#   postgrest  a real PostgREST 12 in front of the same cluster, driven over HTTP with signed JWTs
 #   upgrade    every frozen earlier release installed, filled and updated: same catalog as a
 #              fresh install, rows kept, the extension goes on from them (tests/upgrade)
 set -uo pipefail
@@ -33,7 +34,7 @@ layer() {
   passed=${passed:-0}; failed=${failed:-0}
   if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
   TOTAL_PASSED=$((TOTAL_PASSED + passed)); TOTAL_FAILED=$((TOTAL_FAILED + failed))
-  SUMMARY+=("$(printf '%-8s %s  (%s passed, %s failed)' "$name" "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$passed" "$failed")")
+  SUMMARY+=("$(printf '%-9s %s  (%s passed, %s failed)' "$name" "$([ "$rc" -eq 0 ] && echo ok || echo FAILED)" "$passed" "$failed")")
 }
 
 layer unit '[0-9]+ passed;' '[0-9]+ failed;' \
@@ -61,6 +62,10 @@ layer client '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
 layer fuzz '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
   "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/fuzz"
+
+layer postgrest '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
+  env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" POSTGREST="$POSTGREST" \
+  "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/postgrest"
 
 layer upgrade 'upgrade: [0-9]+ passed' 'passed, [0-9]+ failed' \
   bash "$ROOT/tests/upgrade/run.sh" "$TEST_PORT"

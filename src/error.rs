@@ -6,7 +6,9 @@ use pgrx::pg_sys::panic::ErrorReport;
 /// What went wrong, which decides the SQLSTATE a caller sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// 40001: the stream is not at the version the caller expected.
+    /// 23P01: the stream is not at the version the caller expected. Not 40001: PostgREST and
+    /// drivers with automatic retry re-run a transaction that failed with a serialization
+    /// failure unchanged, and a wrong expected version fails the same way every time.
     WrongExpectedVersion,
     /// 23505: an event id that is already stored elsewhere, or a partly overlapping re-send.
     Duplicate,
@@ -29,7 +31,7 @@ pub enum Kind {
 impl Kind {
     fn sqlstate(self) -> PgSqlErrorCode {
         match self {
-            Kind::WrongExpectedVersion => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            Kind::WrongExpectedVersion => PgSqlErrorCode::ERRCODE_EXCLUSION_VIOLATION,
             Kind::Duplicate => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             Kind::InvalidArgument => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             Kind::SchemaViolation => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,

@@ -23,7 +23,7 @@ def assert_contiguous(values):
 
 
 def assert_wrong_version(err, stream, expected, actual):
-    assert err.sqlstate == "40001"
+    assert err.sqlstate == "23P01"
     assert str(err.diag.message_primary).startswith("wrong expected version"), err.diag.message_primary
     detail = err.diag.message_detail or ""
     assert stream in detail, detail
@@ -117,26 +117,26 @@ class TestOptimisticConcurrency:
     def test_expected_version_rules(self, connect, tenant):
         conn = connect(tenant=tenant)
         # -1: the stream must exist
-        err = expect_error("40001", conn,
+        err = expect_error("23P01", conn,
                            "SELECT eventstore.append_event('order', 'missing', 'E', '{}', expected_version => -1)")
         assert_wrong_version(err, "order/missing", expected=-1, actual=0)
         assert stream_version(conn, "order", "missing") == 0
         # N > 0 on a missing stream
-        err = expect_error("40001", conn,
+        err = expect_error("23P01", conn,
                            "SELECT eventstore.append_event('order', 'missing', 'E', '{}', expected_version => 4)")
         assert_wrong_version(err, "order/missing", expected=4, actual=0)
         # 0: the stream must not exist yet
         assert append(conn, "order", "o3", expected_version=0)["aggregate_version"] == 1
-        err = expect_error("40001", conn,
+        err = expect_error("23P01", conn,
                            "SELECT eventstore.append_event('order', 'o3', 'E', '{}', expected_version => 0)")
         assert_wrong_version(err, "order/o3", expected=0, actual=1)
         # -1 on an existing stream, then exact N, then stale N
         assert append(conn, "order", "o3", expected_version=-1)["aggregate_version"] == 2
         assert append(conn, "order", "o3", expected_version=2)["aggregate_version"] == 3
-        err = expect_error("40001", conn,
+        err = expect_error("23P01", conn,
                            "SELECT eventstore.append_event('order', 'o3', 'E', '{}', expected_version => 2)")
         assert_wrong_version(err, "order/o3", expected=2, actual=3)
-        err = expect_error("40001", conn,
+        err = expect_error("23P01", conn,
                            "SELECT eventstore.append_events('order', 'o3', '[{\"event_type\": \"E\", \"payload\": {}}]',"
                            " expected_version => 7)")
         assert_wrong_version(err, "order/o3", expected=7, actual=3)
@@ -155,7 +155,7 @@ class TestOptimisticConcurrency:
         conn = connect(tenant=tenant)
         before = append(conn, "order", "o4", expected_version=0)
         tx = connect(tenant=tenant, autocommit=False)
-        expect_error("40001", tx, "SELECT eventstore.append_event('order', 'o4', 'E', '{}', expected_version => 0)")
+        expect_error("23P01", tx, "SELECT eventstore.append_event('order', 'o4', 'E', '{}', expected_version => 0)")
         tx.rollback()
         after = append(conn, "order", "o4", expected_version=1)
         assert after["global_position"] == before["global_position"] + 1

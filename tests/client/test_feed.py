@@ -84,7 +84,7 @@ def test_an_aborted_transaction_after_an_error_does_not_stall_the_feed(connect, 
     broken = connect(tenant=tenant, autocommit=False)
     _, cursor = follow(reader)
     append(broken, "order", "o1", "Doomed")
-    expect_error("40001", broken, "SELECT eventstore.append_event('order', 'o1', 'X', '{}', expected_version => 0)")
+    expect_error("23P01", broken, "SELECT eventstore.append_event('order', 'o1', 'X', '{}', expected_version => 0)")
     # the failed statement aborted the transaction at once: its events are gone, nothing waits
     kept = append(w, "order", "o2", "Kept")
     assert ids(follow(reader, cursor)[0]) == [kept["event_id"]]

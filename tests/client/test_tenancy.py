@@ -63,7 +63,7 @@ def test_tenants_are_isolated_everywhere(connect, roles, tenants):
     assert b_row["aggregate_version"] == 1
     b.execute("COMMIT")
     claims_tx(b, {"tenant_id": tb})
-    err = expect_error("40001", b, "SELECT eventstore.append_event('order', '1', 'X', '{}', expected_version => 3)")
+    err = expect_error("23P01", b, "SELECT eventstore.append_event('order', '1', 'X', '{}', expected_version => 3)")
     assert "actual version 1" in err.diag.message_detail
     b.execute("ROLLBACK")
 

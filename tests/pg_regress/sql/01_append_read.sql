@@ -35,7 +35,7 @@ SELECT aggregate_version, global_position
   FROM eventstore.append_events('cart', 'c-1', '[{"event_type": "ItemAdded", "payload": {"sku": "Y"}, "event_id": "6f1c3c1e-0c1a-4d7e-9a55-222222222222"}]');
 SELECT count(*) AS cart_events FROM eventstore.read_stream('cart', 'c-1');
 
--- wrong expected versions: 40001, and nothing is written
+-- wrong expected versions: 23P01, and nothing is written
 SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'Late', '{}', expected_version => 2)$$);
 SELECT fails($$SELECT eventstore.append_event('order', 'o-1', 'Late', '{}', expected_version => 0)$$);
 SELECT fails($$SELECT eventstore.append_event('order', 'o-2', 'Late', '{}', expected_version => -1)$$);
