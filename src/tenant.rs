@@ -1,4 +1,4 @@
-//! Which tenant a call acts for (design.md §2).
+//! Which tenant a call acts for.
 
 use serde_json::Value;
 

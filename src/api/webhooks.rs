@@ -1,7 +1,6 @@
 //! create_webhook_endpoint, queue_event_for_webhooks, rotate_webhook_secret,
 //! retry_webhook_delivery, recover_webhook_endpoint, enable/disable_webhook_endpoint,
-//! get_webhook_delivery_stats, sign_webhook, and the trigger that queues deliveries
-//! (design.md §5.3).
+//! get_webhook_delivery_stats, sign_webhook, and the trigger that queues deliveries.
 
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::ErrorReport;

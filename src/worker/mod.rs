@@ -1,4 +1,4 @@
-//! The background worker (design.md §5): one per database named by `eventstore.database`,
+//! The background worker: one per database named by `eventstore.database`,
 //! registered only when the library is in `shared_preload_libraries`. It applies async
 //! projections and delivers webhooks; each batch is its own short transaction, and a failing batch is logged and
 //! recorded, never the end of the loop. SIGHUP reloads the settings, SIGTERM ends it promptly,
