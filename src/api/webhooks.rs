@@ -54,7 +54,7 @@ fn create_webhook_endpoint(
         return Err(Error::invalid("url is too long").detail(format!("{} characters; at most 2048", url.len())).into());
     }
     let target = address::target(url).map_err(|why| Error::invalid(format!("invalid webhook url: {why}")).detail(format!("url is \"{url}\"")))?;
-    let allowed = guc::string(&guc::WEBHOOK_ALLOWED_HOSTS).unwrap_or_default();
+    let allowed = guc::webhook_allowed_hosts();
     if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
         if address::is_internal(ip) && !address::allowed(&target.host, &allowed) {
             return Err(Error::invalid(format!("webhook url points to an internal address: {ip}"))

@@ -115,7 +115,7 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     crate::webhooks::deliver::release_leases(slot);
     let mut idle = false;
     loop {
-        let wait = if idle { Duration::from_millis(guc::WORKER_POLL_INTERVAL.get().max(10) as u64) } else { Duration::ZERO };
+        let wait = if idle { guc::worker_poll_interval() } else { Duration::ZERO };
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
