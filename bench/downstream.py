@@ -1,4 +1,4 @@
-"""Benchmarks of what happens downstream of the log: aggregate state (design.md §4), async
+"""Benchmarks of what happens downstream of the log: aggregate state, async
 projections in the background worker (§5.2) and webhook delivery (§5.3).
 
 Run through bench/downstream.sh, which starts a throwaway cluster and passes its port. Prints a

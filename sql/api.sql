@@ -1,4 +1,4 @@
--- eventstore: API versioning (design.md §6). Versions, routes, changes and the active version
+-- eventstore: API versioning. Versions, routes, changes and the active version
 -- belong to the application (no tenant); the request log and its daily rollups are the
 -- tenants' (RLS in security.sql).
 

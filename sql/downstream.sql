@@ -1,4 +1,4 @@
--- eventstore: subscriptions and projections (design.md §5.1, §5.2).
+-- eventstore: subscriptions and projections.
 -- Checkpoints are feed cursors, kept as (transaction id, position) so they compare as rows.
 
 CREATE TABLE eventstore.subscriptions (

@@ -1,4 +1,4 @@
--- eventstore: tables, types and indexes of the event store core (design.md §3).
+-- eventstore: tables, types and indexes of the event store core.
 -- Loaded first (bootstrap); policies and grants that need the Rust functions come in security.sql.
 
 -- Positions are drawn only after the expected-version check has passed, so a losing writer

@@ -1,4 +1,4 @@
--- eventstore: row-level security, policies and privileges (design.md §2). Loaded last.
+-- eventstore: row-level security, policies and privileges. Loaded last.
 
 -- Every table that holds user data: RLS enabled and forced, rows visible to their tenant only.
 -- Writes go through the SECURITY DEFINER functions, which filter by tenant themselves.

@@ -1,4 +1,4 @@
--- eventstore: aggregate state, snapshots, event schemas, upcasters, redactions (design.md §4).
+-- eventstore: aggregate state, snapshots, event schemas, upcasters, redactions.
 -- Definitions are per tenant like the events they describe.
 
 CREATE TABLE eventstore.aggregates (

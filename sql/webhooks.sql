@@ -1,4 +1,4 @@
--- eventstore: webhooks in the Standard Webhooks format (design.md §5.3). Ordinary logged
+-- eventstore: webhooks in the Standard Webhooks format. Ordinary logged
 -- tables: a crash loses nothing, delivery is at least once.
 
 CREATE TABLE eventstore.webhook_endpoints (

@@ -1,4 +1,4 @@
-//! The one error type of the extension and its one mapping to SQLSTATE (design.md §7).
+//! The one error type of the extension and its one mapping to SQLSTATE.
 
 use pgrx::PgSqlErrorCode;
 use pgrx::pg_sys::panic::ErrorReport;

@@ -2,68 +2,132 @@
 //! in a setting name is an error rather than silence.
 
 use std::ffi::{CStr, CString};
+use std::time::Duration;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// `eventstore.tenant_id`: the tenant of this session or transaction (`SET LOCAL` works behind
 /// a transaction-pooling pooler). Empty means: look at the JWT claims.
-pub static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `eventstore.tenant_claim`: the claim inside PostgREST's `request.jwt.claims` that names the
 /// tenant; a dotted path such as `app_metadata.org_id` is followed. Superuser-only (set it in
 /// the server configuration, or with ALTER ROLE/DATABASE ... SET).
-pub static TENANT_CLAIM: GucSetting<Option<CString>> =
+static TENANT_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"tenant_id"));
 
 /// `eventstore.require_tenant`: when on, a call without a tenant fails (42501) instead of
 /// using the tenant `default`. Superuser-only, like `tenant_claim`.
-pub static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
+static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// `eventstore.redacting`: set (transaction-locally) only by the redaction functions, which run
 /// as the extension owner; lets their UPDATE of eventstore.events past the append-only trigger.
 /// Superuser-only, so no application role can set it.
-pub static REDACTING: GucSetting<bool> = GucSetting::<bool>::new(false);
+static REDACTING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// `eventstore.database`: the database(s) the background worker serves, comma-separated
 /// (default `postgres`). Read at server start.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// `eventstore.worker_poll_interval`: how long the worker sleeps when there is nothing to do,
 /// in milliseconds.
-pub static WORKER_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(200);
+static WORKER_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(200);
 
 /// `eventstore.worker_batch_size`: events one projection applies in one transaction.
-pub static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+static WORKER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 
 /// `eventstore.projection_max_attempts`: failures of one event before an async projection
 /// parks it and goes on.
-pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 
 /// `eventstore.webhook_allowed_hosts`: hosts (names or addresses, comma-separated) that
 /// webhooks may reach even though they are private, loopback or link-local. Config file only.
-pub static WEBHOOK_ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static WEBHOOK_ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `eventstore.webhook_timeout`: how long one webhook call may take, in milliseconds.
-pub static WEBHOOK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(15_000);
+static WEBHOOK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(15_000);
 
 /// `eventstore.webhook_max_in_flight`: endpoints called at the same time by the worker.
-pub static WEBHOOK_MAX_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(16);
+static WEBHOOK_MAX_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(16);
 
 /// `eventstore.webhook_batch_size`: deliveries per endpoint claimed in one round.
-pub static WEBHOOK_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
+static WEBHOOK_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 
 /// `eventstore.max_json_depth`: how deeply payloads, metadata, states, rules, transforms and
 /// schemas may nest (arrays and objects on the way to the deepest value). Superuser-only: a
 /// value stored under a higher limit is an error, never a crash, and readable again when it is
 /// raised.
-pub static MAX_JSON_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(64);
+static MAX_JSON_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(64);
 
 /// The bounds of `eventstore.max_json_depth`: the walks over JSON stay far from the stack's end.
 pub const MAX_JSON_DEPTH_RANGE: (i32, i32) = (1, 1000);
 
+/// The bounds of the other integer settings, used both to register them and in their
+/// accessors below, so a call site never restates a minimum.
+const WORKER_POLL_INTERVAL_RANGE: (i32, i32) = (10, 60_000);
+const WORKER_BATCH_SIZE_RANGE: (i32, i32) = (1, 100_000);
+const PROJECTION_MAX_ATTEMPTS_RANGE: (i32, i32) = (1, 1000);
+const WEBHOOK_TIMEOUT_RANGE: (i32, i32) = (100, 300_000);
+const WEBHOOK_MAX_IN_FLIGHT_RANGE: (i32, i32) = (1, 256);
+const WEBHOOK_BATCH_SIZE_RANGE: (i32, i32) = (1, 10_000);
+
+fn bounded(setting: &GucSetting<i32>, range: (i32, i32)) -> i32 {
+    setting.get().clamp(range.0, range.1)
+}
+
 /// `eventstore.max_json_depth`, as a depth.
 pub fn max_json_depth() -> usize {
-    MAX_JSON_DEPTH.get().clamp(MAX_JSON_DEPTH_RANGE.0, MAX_JSON_DEPTH_RANGE.1) as usize
+    bounded(&MAX_JSON_DEPTH, MAX_JSON_DEPTH_RANGE) as usize
+}
+
+/// `eventstore.tenant_id`; `None` when unset or empty.
+pub fn tenant_id() -> Option<String> {
+    string(&TENANT_ID)
+}
+
+/// `eventstore.tenant_claim`, the dotted path of the tenant claim; `tenant_id` when empty.
+pub fn tenant_claim() -> String {
+    string(&TENANT_CLAIM).unwrap_or_else(|| "tenant_id".into())
+}
+
+/// `eventstore.require_tenant`.
+pub fn require_tenant() -> bool {
+    REQUIRE_TENANT.get()
+}
+
+/// `eventstore.worker_poll_interval`: how long an idle worker sleeps.
+pub fn worker_poll_interval() -> Duration {
+    Duration::from_millis(bounded(&WORKER_POLL_INTERVAL, WORKER_POLL_INTERVAL_RANGE) as u64)
+}
+
+/// `eventstore.worker_batch_size`: events per projection transaction.
+pub fn worker_batch_size() -> i32 {
+    bounded(&WORKER_BATCH_SIZE, WORKER_BATCH_SIZE_RANGE)
+}
+
+/// `eventstore.projection_max_attempts`: failures of one event before it is parked.
+pub fn projection_max_attempts() -> i32 {
+    bounded(&PROJECTION_MAX_ATTEMPTS, PROJECTION_MAX_ATTEMPTS_RANGE)
+}
+
+/// `eventstore.webhook_allowed_hosts`, comma-separated; empty when unset.
+pub fn webhook_allowed_hosts() -> String {
+    string(&WEBHOOK_ALLOWED_HOSTS).unwrap_or_default()
+}
+
+/// `eventstore.webhook_timeout`: how long one webhook call may take.
+pub fn webhook_timeout() -> Duration {
+    Duration::from_millis(bounded(&WEBHOOK_TIMEOUT, WEBHOOK_TIMEOUT_RANGE) as u64)
+}
+
+/// `eventstore.webhook_max_in_flight`: endpoints called at the same time.
+pub fn webhook_max_in_flight() -> usize {
+    bounded(&WEBHOOK_MAX_IN_FLIGHT, WEBHOOK_MAX_IN_FLIGHT_RANGE) as usize
+}
+
+/// `eventstore.webhook_batch_size`: deliveries per endpoint claimed in one round.
+pub fn webhook_batch_size() -> i32 {
+    bounded(&WEBHOOK_BATCH_SIZE, WEBHOOK_BATCH_SIZE_RANGE)
 }
 
 pub fn init() {
@@ -123,8 +187,8 @@ pub fn init() {
         c"How long the eventstore worker sleeps when idle.",
         c"",
         &WORKER_POLL_INTERVAL,
-        10,
-        60_000,
+        WORKER_POLL_INTERVAL_RANGE.0,
+        WORKER_POLL_INTERVAL_RANGE.1,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
@@ -133,8 +197,8 @@ pub fn init() {
         c"Events one projection applies in one worker transaction.",
         c"",
         &WORKER_BATCH_SIZE,
-        1,
-        100_000,
+        WORKER_BATCH_SIZE_RANGE.0,
+        WORKER_BATCH_SIZE_RANGE.1,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -143,8 +207,8 @@ pub fn init() {
         c"Failures of one event before an async projection parks it and goes on.",
         c"",
         &PROJECTION_MAX_ATTEMPTS,
-        1,
-        1000,
+        PROJECTION_MAX_ATTEMPTS_RANGE.0,
+        PROJECTION_MAX_ATTEMPTS_RANGE.1,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -161,8 +225,8 @@ pub fn init() {
         c"How long one webhook call may take.",
         c"",
         &WEBHOOK_TIMEOUT,
-        100,
-        300_000,
+        WEBHOOK_TIMEOUT_RANGE.0,
+        WEBHOOK_TIMEOUT_RANGE.1,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
@@ -171,8 +235,8 @@ pub fn init() {
         c"Endpoints the worker calls at the same time.",
         c"",
         &WEBHOOK_MAX_IN_FLIGHT,
-        1,
-        256,
+        WEBHOOK_MAX_IN_FLIGHT_RANGE.0,
+        WEBHOOK_MAX_IN_FLIGHT_RANGE.1,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -181,8 +245,8 @@ pub fn init() {
         c"Deliveries per endpoint claimed in one worker round.",
         c"",
         &WEBHOOK_BATCH_SIZE,
-        1,
-        10_000,
+        WEBHOOK_BATCH_SIZE_RANGE.0,
+        WEBHOOK_BATCH_SIZE_RANGE.1,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -200,7 +264,7 @@ fn reserve_prefix(prefix: &CStr) {
 }
 
 /// A string setting as text; `None` when unset or empty.
-pub fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
+fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty())
 }
 

@@ -1,4 +1,4 @@
-//! Validation of what callers send, before anything is written (design.md §3.2). Pure Rust: a
+//! Validation of what callers send, before anything is written. Pure Rust: a
 //! bad argument becomes a 22023 error that says which argument and why.
 
 use serde_json::{Map, Value};

@@ -1,4 +1,4 @@
-//! Which tenant a call acts for (design.md §2).
+//! Which tenant a call acts for.
 
 use serde_json::Value;
 
@@ -13,23 +13,23 @@ pub const DEFAULT_TENANT: &str = "default";
 /// `eventstore.require_tenant` is on.
 pub fn current() -> Result<String> {
     if let Some(pinned) = pinned()? {
-        if let Some(asked) = guc::string(&guc::TENANT_ID).filter(|t| *t != pinned) {
+        if let Some(asked) = guc::tenant_id().filter(|t| *t != pinned) {
             return Err(Error::new(Kind::NotPermitted, "this role is pinned to another tenant")
                 .detail(format!("eventstore.tenant_id is \"{}\"", asked.chars().take(255).collect::<String>()))
                 .hint("A pinned role acts only in its own tenant: reset eventstore.tenant_id."));
         }
         return Ok(pinned);
     }
-    if let Some(tenant) = guc::string(&guc::TENANT_ID) {
+    if let Some(tenant) = guc::tenant_id() {
         return bounded(tenant, "eventstore.tenant_id");
     }
     if let Some(claims) = guc::by_name(c"request.jwt.claims") {
-        let path = guc::string(&guc::TENANT_CLAIM).unwrap_or_else(|| "tenant_id".into());
+        let path = guc::tenant_claim();
         if let Some(tenant) = claim_at(&claims, &path)? {
             return bounded(tenant, "the tenant claim");
         }
     }
-    if guc::REQUIRE_TENANT.get() {
+    if guc::require_tenant() {
         return Err(Error::new(Kind::NotPermitted, "no tenant for this call")
             .detail("eventstore.require_tenant is on, eventstore.tenant_id is empty and request.jwt.claims names no tenant")
             .hint("SET LOCAL eventstore.tenant_id, or sign the JWT with the claim named by eventstore.tenant_claim."));

@@ -51,7 +51,7 @@ for workload in ("bare", "postgrest"):
 print(f"""# route_api_call overhead
 
 How much `eventstore.route_api_call` adds to an API call over calling its handler directly
-(design.md §6). Measured by [`run.sh`](run.sh) on a throwaway cluster (port 5444) with pgbench, 8
+(see the README's API versioning section). Measured by [`run.sh`](run.sh) on a throwaway cluster (port 5444) with pgbench, 8
 clients, `-M prepared`. The handler is a one-line SQL function `(payload jsonb) -> jsonb` that only
 reads. A routed call resolves the version, checks the client's `x-app-version` against the
 version's minimum (when the request has one), runs the handler as the calling role in a

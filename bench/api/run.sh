@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Overhead of eventstore.route_api_call over calling its handler directly (design.md §6), with
+# Overhead of eventstore.route_api_call over calling its handler directly, with
 # pgbench (8 clients) on a throwaway PostgreSQL 15 cluster (127.0.0.1:5444,
 # target/bench-api-cluster). Writes bench/api/README.md (numbers and command) and the raw
 # results to target/bench-api/<UTC timestamp>/.

@@ -1,4 +1,4 @@
-//! current_tenant, get_event_store_stats, feed_lag, delete_stream (design.md §2, §3.3–3.5).
+//! current_tenant, get_event_store_stats, feed_lag, delete_stream.
 //! grant_access lives in sql/security.sql: it is pure DDL.
 
 use pgrx::JsonB;
@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use pgrx::pg_sys::panic::ErrorReport;
 use crate::{store, tenant};
 
-/// The tenant of the current call (design.md §2).
+/// The tenant of the current call.
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn current_tenant() -> Result<String, ErrorReport> {

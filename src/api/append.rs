@@ -1,4 +1,4 @@
-//! append_event, append_events (design.md §3.2).
+//! append_event, append_events.
 
 use pgrx::Uuid as PgUuid;
 use pgrx::prelude::*;

@@ -1,4 +1,4 @@
-//! register_event_schema, register_upcaster (design.md §4.3).
+//! register_event_schema, register_upcaster.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;

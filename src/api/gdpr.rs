@@ -1,4 +1,4 @@
-//! redact_event, redact_subject (design.md §4.4).
+//! redact_event, redact_subject.
 
 use pgrx::Uuid;
 use pgrx::pg_sys::panic::ErrorReport;

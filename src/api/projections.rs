@@ -1,5 +1,5 @@
 //! register_projection, rebuild_projection, projection_status, replay_parked_events,
-//! worker_status (design.md §5.2).
+//! worker_status.
 
 use pgrx::JsonB;
 use pgrx::datum::TimestampWithTimeZone;

@@ -1,4 +1,4 @@
-//! read_stream, stream_version, read_all (design.md §3.3).
+//! read_stream, stream_version, read_all.
 
 use pgrx::prelude::*;
 

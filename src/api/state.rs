@@ -1,4 +1,4 @@
-//! define_aggregate, define_reducer, get_aggregate_state, create_snapshot (design.md §4.1-4.2).
+//! define_aggregate, define_reducer, get_aggregate_state, create_snapshot.
 
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::heap_tuple::PgHeapTuple;
@@ -38,7 +38,7 @@ fn positive(what: &str, value: Option<i32>) -> Result<i32> {
     }
 }
 
-/// A declarative reducer rule for one event type of an aggregate type (design.md §4.5).
+/// A declarative reducer rule for one event type of an aggregate type.
 #[pg_extern(name = "define_reducer", volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn define_reducer_rule(

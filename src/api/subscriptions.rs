@@ -1,4 +1,4 @@
-//! create_subscription, poll_subscription, ack_subscription, drop_subscription (design.md §5.1).
+//! create_subscription, poll_subscription, ack_subscription, drop_subscription.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;

@@ -1,5 +1,5 @@
 //! register_api_version, register_api_route, register_api_change, deprecate_api_version,
-//! switch_api_version, get_active_api_version, route_api_call, get_api_usage (design.md §6).
+//! switch_api_version, get_active_api_version, route_api_call, get_api_usage.
 //!
 //! Versions are compared as semantic versions (`1.10.0 > 1.9.9`; `v2`, `2` and `2.0.0` are the
 //! same version; dates `YYYY-MM-DD` work too, see src/versioning/semver.rs). The first version
@@ -83,7 +83,7 @@ fn register_api_route(rpc_name: Option<&str>, version: Option<&str>, handler: Op
 
 /// Registers what changed in an rpc at a version (Stripe style): calls for older versions run
 /// the newer handler, `request_transform` reshaping their payload up to this version and
-/// `response_transform` the answer back down (design.md §4.5 transform programs).
+/// `response_transform` the answer back down.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn register_api_change(
@@ -143,7 +143,7 @@ fn get_active_api_version() -> Result<JsonB, ErrorReport> {
     Ok(JsonB(versioning::active()?))
 }
 
-/// Calls an rpc at a version (design.md §6.3) and answers with the envelope `{"success",
+/// Calls an rpc at a version and answers with the envelope `{"success",
 /// "data" | "error": {"code", "message", "details"}, "meta"}`. Client mistakes are answers
 /// with a status in `response.status`, not errors, so the request log row commits.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]

@@ -1,7 +1,6 @@
 //! create_webhook_endpoint, queue_event_for_webhooks, rotate_webhook_secret,
 //! retry_webhook_delivery, recover_webhook_endpoint, enable/disable_webhook_endpoint,
-//! get_webhook_delivery_stats, sign_webhook, and the trigger that queues deliveries
-//! (design.md §5.3).
+//! get_webhook_delivery_stats, sign_webhook, and the trigger that queues deliveries.
 
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -55,7 +54,7 @@ fn create_webhook_endpoint(
         return Err(Error::invalid("url is too long").detail(format!("{} characters; at most 2048", url.len())).into());
     }
     let target = address::target(url).map_err(|why| Error::invalid(format!("invalid webhook url: {why}")).detail(format!("url is \"{url}\"")))?;
-    let allowed = guc::string(&guc::WEBHOOK_ALLOWED_HOSTS).unwrap_or_default();
+    let allowed = guc::webhook_allowed_hosts();
     if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
         if address::is_internal(ip) && !address::allowed(&target.host, &allowed) {
             return Err(Error::invalid(format!("webhook url points to an internal address: {ip}"))

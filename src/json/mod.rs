@@ -1,5 +1,5 @@
 //! The JSON engine: dotted paths, RFC 7396 merge patch, and the two kinds of declarative program
-//! of design.md §4.5: reducer rules (how an event changes an aggregate's state) and transforms
+//! (see docs/architecture.md, "JSON programs"): reducer rules (how an event changes an aggregate's state) and transforms
 //! (how a payload, request or response is reshaped between versions). Pure Rust on serde_json,
 //! without Postgres, so it is tested with plain `#[test]`s; a program is checked once, when it is
 //! compiled at registration, and running it never fails.

@@ -1,4 +1,4 @@
-//! Reducers (design.md §4.1, §4.5): how one event changes an aggregate's state.
+//! Reducers: how one event changes an aggregate's state.
 //!
 //! A state of `None` is a deleted stream (SQL NULL). A reducer never fails when it runs: every
 //! mistake in a program is rejected by `ReducerProgram::compile`, at registration.

@@ -1,4 +1,4 @@
-//! Transforms (design.md §4.3, §4.5, §6.4): the reshaping of one JSON document, used to upcast
+//! Transforms: the reshaping of one JSON document, used to upcast
 //! old events and to move API requests and responses between versions.
 //!
 //! A transform never fails when it runs: every mistake in a program is rejected by

@@ -1,4 +1,4 @@
-//! Projections (design.md §5.2): read models kept by user handlers `(event eventstore.event)`.
+//! Projections: read models kept by user handlers `(event eventstore.event)`.
 //! Inline ones run inside the appending transaction; async ones run in the background worker,
 //! where the handler's writes and the checkpoint commit in one transaction.
 

@@ -1,4 +1,4 @@
-//! GDPR redaction (design.md §4.4): a payload becomes `{"redacted": true}`; the event keeps its
+//! GDPR redaction: a payload becomes `{"redacted": true}`; the event keeps its
 //! identity, type, version, position and metadata; the audit row says who, when and why; the
 //! stream's snapshots are dropped so state is recomputed from the redacted log, and webhook
 //! deliveries of the event that have not gone out yet lose the payload too.

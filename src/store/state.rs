@@ -1,5 +1,5 @@
 //! Aggregate state: the newest usable snapshot at or below the target version, then a replay of
-//! the events after it through the reducers (design.md §4.1-4.2).
+//! the events after it through the reducers.
 
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::BuiltinOid::*;

@@ -1,5 +1,5 @@
-//! Subscriptions: catch-up consumers whose checkpoint (a feed cursor) lives in the database
-//! (design.md §5.1). Polling reads the feed after the checkpoint; acking moves it, never back.
+//! Subscriptions: catch-up consumers whose checkpoint (a feed cursor) lives in the database.
+//! Polling reads the feed after the checkpoint; acking moves it, never back.
 
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;

@@ -1,4 +1,4 @@
-//! API versioning (design.md §6): the registered versions, routes and changes, the hot switch,
+//! API versioning: the registered versions, routes and changes, the hot switch,
 //! route_api_call's handler call and request log, and usage.
 //!
 //! The definitions are read in one statement (one snapshot: a switch is seen whole or not at
@@ -223,7 +223,7 @@ fn all_names(client: &SpiClient<'_>) -> Result<String> {
 }
 
 /// The registered version equal to `text`, or `kind` (P0002 when registering against it,
-/// 22023 for a switch, design.md §6.5) naming the registered ones.
+/// 22023 for a switch to an unregistered version) naming the registered ones.
 fn existing(client: &SpiClient<'_>, text: &str, kind: Kind) -> Result<String> {
     match registered(client, text)? {
         Some(name) => Ok(name),
@@ -564,7 +564,7 @@ static LOG_CALL: Statement = Statement {
     volatile: true,
 };
 
-/// route_api_call (design.md §6.3): resolves the version, runs the handler (as the caller, in a
+/// route_api_call: resolves the version, runs the handler (as the caller, in a
 /// subtransaction) through the version changes in between, sets `response.status` and
 /// `response.headers` for PostgREST, logs the call and returns the envelope. Client mistakes
 /// and handler failures are answers, never errors, so the log row commits with the answer.

@@ -1,4 +1,4 @@
-//! Webhook endpoints, the delivery queue and the attempt log (design.md §5.3).
+//! Webhook endpoints, the delivery queue and the attempt log.
 
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;

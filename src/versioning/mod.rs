@@ -1,4 +1,4 @@
-//! API versioning without Postgres (design.md §6): semantic versions, the HTTP details of
+//! API versioning without Postgres: semantic versions, the HTTP details of
 //! PostgREST (request headers, `Accept`, response headers, dates), and the routing decision of
 //! route_api_call. Tested with plain `#[test]`s; the SQL side is in src/store/versioning.rs.
 

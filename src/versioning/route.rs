@@ -1,5 +1,5 @@
-//! Which handler answers an API call, at which version, through which version changes
-//! (design.md §6.3, §6.4). Pure: the registered definitions come in as a `Catalog`, the request
+//! Which handler answers an API call, at which version, through which version changes.
+//! Pure: the registered definitions come in as a `Catalog`, the request
 //! as a `Call`, and the answer is a `Plan` to run or a `Refusal` to send.
 
 use std::collections::HashMap;
@@ -164,7 +164,7 @@ impl Catalog {
     }
 }
 
-/// Where the version of a call came from (design.md §6.3, in this order).
+/// Where the version of a call came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Argument,

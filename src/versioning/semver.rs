@@ -1,4 +1,4 @@
-//! Versions of the API and of its clients, in semantic version order (design.md §6.3):
+//! Versions of the API and of its clients, in semantic version order:
 //! `1.10.0 > 1.9.9`, `2.0.0-beta.2 < 2.0.0`, `v2 = 2 = 2.0 = 2.0.0`.
 //!
 //! Accepted forms, after an optional `v`/`V`:

@@ -142,7 +142,7 @@ static INSTALLED: Statement = Statement {
 
 /// One round; returns the deliveries attempted and whether more are waiting.
 pub fn round(slot: usize) -> (u64, bool) {
-    let batch = guc::WEBHOOK_BATCH_SIZE.get().max(1);
+    let batch = guc::webhook_batch_size();
     let Some(endpoints) = transaction(slot, "claiming webhook deliveries", || claim(batch)).flatten() else {
         return (0, false);
     };
@@ -202,7 +202,7 @@ fn claim(batch: i32) -> Result<Option<Vec<Endpoint>>> {
         let endpoints: Vec<Endpoint> = endpoints.into_values().collect();
         let ids: Vec<Uuid> = endpoints.iter().flat_map(|e| e.queue.iter().map(|d| d.id)).collect();
         if !ids.is_empty() {
-            let timeout = guc::WEBHOOK_TIMEOUT.get().max(100) as f64 / 1000.0;
+            let timeout = guc::webhook_timeout().as_millis() as f64 / 1000.0;
             let longest = endpoints.iter().map(|e| e.queue.len()).max().unwrap_or(1) as f64;
             run(client, &LEASE, &[ids.into(), (timeout * longest + 30.0).into()])?;
         }
@@ -214,7 +214,7 @@ fn claim(batch: i32) -> Result<Option<Vec<Endpoint>>> {
 /// PostgreSQL), one per endpoint, at most `webhook_max_in_flight` at a time.
 fn call_all(endpoints: &[Endpoint]) -> Vec<Vec<Outcome>> {
     let agent = agent();
-    let in_flight = guc::WEBHOOK_MAX_IN_FLIGHT.get().max(1) as usize;
+    let in_flight = guc::webhook_max_in_flight();
     let mut outcomes = Vec::with_capacity(endpoints.len());
     for wave in endpoints.chunks(in_flight) {
         std::thread::scope(|scope| {
@@ -230,17 +230,17 @@ fn call_all(endpoints: &[Endpoint]) -> Vec<Vec<Outcome>> {
 thread_local! {
     /// The HTTP agent, kept across rounds so connections to receivers are reused; made anew
     /// when its settings change.
-    static AGENT: std::cell::RefCell<Option<((i32, String), ureq::Agent)>> = const { std::cell::RefCell::new(None) };
+    static AGENT: std::cell::RefCell<Option<((Duration, String), ureq::Agent)>> = const { std::cell::RefCell::new(None) };
 }
 
 fn agent() -> ureq::Agent {
-    let settings = (guc::WEBHOOK_TIMEOUT.get().max(100), guc::string(&guc::WEBHOOK_ALLOWED_HOSTS).unwrap_or_default());
+    let settings = (guc::webhook_timeout(), guc::webhook_allowed_hosts());
     AGENT.with(|cell| {
         let mut cell = cell.borrow_mut();
         match &*cell {
             Some((kept, agent)) if *kept == settings => agent.clone(),
             _ => {
-                let agent = http::agent(Duration::from_millis(settings.0 as u64), settings.1.clone());
+                let agent = http::agent(settings.0, settings.1.clone());
                 *cell = Some((settings, agent.clone()));
                 agent
             }

@@ -1,4 +1,4 @@
-//! Webhooks in the Standard Webhooks format (design.md §5.3): signing and secrets, address
+//! Webhooks in the Standard Webhooks format: signing and secrets, address
 //! checks and retry schedules are pure and tested with plain #[test]s; `http` makes one call;
 //! `deliver` is the worker's part: claim, call outside any transaction, record.
 

@@ -1,7 +1,8 @@
 //! When a failed delivery is tried again: the endpoint's schedule (seconds after the previous
 //! attempt) with ±20% jitter, or what `Retry-After` asks for on 429/503.
 
-/// The default schedule of design.md §5.3: the first attempt is immediate.
+/// The default schedule (seconds after the previous attempt): the first attempt is immediate,
+/// the last one a day after the one before.
 pub const DEFAULT: [i32; 10] = [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400];
 
 /// Seconds until attempt number `attempt` (1-based, the one after `attempt - 1` failures), or

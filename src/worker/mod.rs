@@ -1,4 +1,4 @@
-//! The background worker (design.md §5): one per database named by `eventstore.database`,
+//! The background worker: one per database named by `eventstore.database`,
 //! registered only when the library is in `shared_preload_libraries`. It applies async
 //! projections and delivers webhooks; each batch is its own short transaction, and a failing batch is logged and
 //! recorded, never the end of the loop. SIGHUP reloads the settings, SIGTERM ends it promptly,
@@ -115,7 +115,7 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     crate::webhooks::deliver::release_leases(slot);
     let mut idle = false;
     loop {
-        let wait = if idle { Duration::from_millis(guc::WORKER_POLL_INTERVAL.get().max(10) as u64) } else { Duration::ZERO };
+        let wait = if idle { guc::worker_poll_interval() } else { Duration::ZERO };
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }

@@ -195,7 +195,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
     let Some(seen) = Spi::connect(|client| read_projection(client, &PEEK, tenant, name))? else {
         return Ok(Batch::default());
     };
-    let size = guc::WORKER_BATCH_SIZE.get().max(1);
+    let size = guc::worker_batch_size();
     // the feed's end first, then the events: a batch that is not full has seen every event up
     // to that end, so the checkpoint may move there even past events the filter skips
     let end = read::feed_end(tenant)?;
@@ -219,7 +219,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
         return Ok(Batch::default());
     }
     let handler = handlers::callable(claimed.handler.clone(), &format!("projection \"{name}\""), claimed.handler_oid)?;
-    let max_attempts = guc::PROJECTION_MAX_ATTEMPTS.get().max(1);
+    let max_attempts = guc::projection_max_attempts();
     let mut progress = Progress { checkpoint: claimed.checkpoint, applied: 0, failing: claimed.failing, attempts: claimed.attempts, error: None };
     let mut parked = Vec::new();
     // the role cannot call the handler at all: no event is at fault, none is counted or

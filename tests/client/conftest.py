@@ -250,7 +250,7 @@ def blocking_pids(observer, pid):
     return observer.execute("SELECT pg_blocking_pids(%s) AS p", (pid,)).fetchone()["p"]
 
 
-# --- aggregate state, schemas, redaction (design.md §4) ------------------------------------
+# --- aggregate state, schemas, redaction ---------------------------------------------------
 
 
 def get_state(conn, aggregate_type, aggregate_id, at_version=None, as_of=None):
@@ -308,7 +308,7 @@ def server_now(conn):
     return conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
 
 
-# --- the background worker's database (design.md §5) ---------------------------------------
+# --- the background worker's database ------------------------------------------------------
 # The preloaded worker serves the database named by eventstore.database; scripts/test.sh sets it
 # to WORKER_DB. A test module that needs the worker overrides `database` with this fixture:
 #

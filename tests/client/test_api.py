@@ -1,4 +1,4 @@
-"""API versioning through PostgREST (design.md §6): version resolution, statuses, deprecation
+"""API versioning through PostgREST: version resolution, statuses, deprecation
 headers, client fallback, version changes, the hot switch under load, and usage.
 
 Calls are made the way PostgREST makes them: one transaction that sets the role, the JWT claims

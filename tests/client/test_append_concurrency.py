@@ -1,4 +1,4 @@
-"""Appending under concurrency (design.md §3.2): optimistic concurrency with expected_version,
+"""Appending under concurrency: optimistic concurrency with expected_version,
 gapless versions under many writers, and writers of different streams never waiting for each
 other."""
 

@@ -1,4 +1,4 @@
-"""Soft and hard deletion of streams (design.md §3.5)."""
+"""Soft and hard deletion of streams."""
 
 import json
 

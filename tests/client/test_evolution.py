@@ -1,5 +1,4 @@
-"""Event schema evolution: JSON Schemas validate appends, upcasters reshape old events on read
-(design.md §4.3, §4.5)."""
+"""Event schema evolution: JSON Schemas validate appends, upcasters reshape old events on read."""
 
 from psycopg.types.json import Jsonb
 

@@ -1,4 +1,4 @@
-"""The global feed, read_all with cursors (design.md §3.3): never skips an event even when
+"""The global feed, read_all with cursors: never skips an event even when
 writers commit out of order or roll back, holds back behind running transactions (and says who
 via feed_lag), filters by event and aggregate type."""
 

@@ -1,4 +1,4 @@
-"""GDPR redaction: payloads erased in place, audited, state recomputed (design.md §4.4)."""
+"""GDPR redaction: payloads erased in place, audited, state recomputed."""
 
 import json
 import uuid

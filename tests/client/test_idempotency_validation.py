@@ -1,4 +1,4 @@
-"""Idempotent re-sends by event_id and validation of appends (design.md §3.2, §7)."""
+"""Idempotent re-sends by event_id and validation of appends."""
 
 import json
 import uuid

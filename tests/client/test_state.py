@@ -1,4 +1,4 @@
-"""Aggregate state: reducers, snapshots and time travel (design.md §4.1, §4.2, §4.5).
+"""Aggregate state: reducers, snapshots and time travel.
 
 The property that defines correctness: for every version v of a stream, get_aggregate_state
 (at_version => v) equals a full replay of the first v events from the initial state, whatever

@@ -1,5 +1,5 @@
 """Subscriptions: catch-up consumers with server-side checkpoints, and the NOTIFY sent by every
-commit that appends (design.md §5.1). A subscription is a named checkpoint on the tenant's
+commit that appends. A subscription is a named checkpoint on the tenant's
 feed: poll reads after it without moving it, ack moves it forward only."""
 
 import json

@@ -1,4 +1,4 @@
-"""Tenant isolation and privileges, as non-superuser application roles (design.md §2)."""
+"""Tenant isolation and privileges, as non-superuser application roles."""
 
 import json
 import uuid

@@ -1,4 +1,4 @@
-"""Webhooks in the Standard Webhooks format (design.md §5.3), delivered by the preloaded
+"""Webhooks in the Standard Webhooks format, delivered by the preloaded
 background worker to a real HTTP receiver on 127.0.0.1.
 
 The cluster must allow that address (`eventstore.webhook_allowed_hosts = '127.0.0.1'`) and, to
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 # how long the deliveries of one test may take to arrive (s); generous, never waited out
 ARRIVAL_TIMEOUT = 20
-# design.md §5.3: response bodies are kept up to 20 kB
+# response bodies are kept in the attempt log up to 20 kB
 MAX_RESPONSE_BODY = 20 * 1024
 FAST_SCHEDULE = "{0,1,1,1}"  # four attempts, about a second apart (±20% jitter), then dead
 # after the worker is killed, the cluster restarts and a new worker goes on within this (s)
@@ -285,7 +285,7 @@ def rfc3339(ts):
 
 
 def check_body(conn, body, event_id):
-    """The body of design.md §5.3, built from the stored event."""
+    """The delivery body (type, timestamp, data: the event's columns), built from the stored event."""
     e = stored_event(conn, event_id)
     assert set(body) == BODY_KEYS and set(body["data"]) == DATA_KEYS
     assert body["type"] == e["event_type"]

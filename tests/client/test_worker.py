@@ -1,4 +1,4 @@
-"""Projections and the background worker (design.md §5, §5.2), against the real preloaded cluster.
+"""Projections and the background worker, against the real preloaded cluster.
 
 The cluster's worker serves the database named by `eventstore.database`; scripts/test.sh sets it
 to `eventstore_worker_test`, so this module (re)creates that database instead of a random one
@@ -626,7 +626,7 @@ def test_sigterm_ends_the_worker_promptly_and_it_is_restarted(connect, tenant):
 
 
 def test_worker_reconnects_after_its_database_is_recreated(database):
-    """design.md §5: the worker reconnects when its database is dropped and created again."""
+    """The worker reconnects when its database is dropped and created again."""
     try:
         assert wait_for_worker() is not None
         recreate_worker_database()

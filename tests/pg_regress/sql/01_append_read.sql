@@ -1,4 +1,4 @@
--- Appending and reading streams: versions, expected versions, batches, errors (design.md §3.2-3.3).
+-- Appending and reading streams: versions, expected versions, batches, errors.
 SET client_min_messages = warning;
 SET timezone = 'UTC';
 

@@ -1,4 +1,4 @@
--- The global feed: order, cursors, filters (design.md §3.3).
+-- The global feed: order, cursors, filters.
 SET client_min_messages = warning;
 
 SELECT count(*) FROM eventstore.append_events('order', 'o-1', '[{"event_type": "OrderPlaced", "payload": {"n": 1}}, {"event_type": "ItemAdded", "payload": {"n": 2}}]');

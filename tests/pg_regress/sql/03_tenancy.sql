@@ -1,4 +1,4 @@
--- Tenancy: current_tenant(), RLS with SET ROLE, grant_access, privileges (design.md §2).
+-- Tenancy: current_tenant(), RLS with SET ROLE, grant_access, privileges.
 SET client_min_messages = warning;
 
 CREATE ROLE regress_es_writer;

@@ -1,4 +1,4 @@
--- Deleting streams: soft delete hides and numbering goes on; hard delete is a tombstone (design.md §3.5).
+-- Deleting streams: soft delete hides and numbering goes on; hard delete is a tombstone.
 SET client_min_messages = warning;
 
 SELECT count(*) FROM eventstore.append_events('order', 'o-1', '[{"event_type": "A", "payload": {}}, {"event_type": "B", "payload": {}}]');

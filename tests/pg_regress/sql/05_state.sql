@@ -1,4 +1,4 @@
--- Aggregate state: reducers, declarative rules, snapshots, time travel (design.md §4.1, §4.2, §4.5).
+-- Aggregate state: reducers, declarative rules, snapshots, time travel.
 SET client_min_messages = warning;
 SET timezone = 'UTC';
 -- the state at every version of a stream, one row each

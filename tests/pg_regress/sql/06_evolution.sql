@@ -1,4 +1,4 @@
--- Event schema evolution (JSON Schemas, upcasters) and GDPR redaction (design.md §4.3, §4.4).
+-- Event schema evolution (JSON Schemas, upcasters) and GDPR redaction.
 SET client_min_messages = warning;
 SET timezone = 'UTC';
 

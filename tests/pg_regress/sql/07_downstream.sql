@@ -1,4 +1,4 @@
--- Downstream of the log: subscriptions, inline projections, registration checks (design.md §5.1, §5.2).
+-- Downstream of the log: subscriptions, inline projections, registration checks.
 -- This database is not the one the background worker serves, so async projections are refused;
 -- the worker itself is exercised by tests/client/test_worker.py.
 SET client_min_messages = warning;

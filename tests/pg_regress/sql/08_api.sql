@@ -1,5 +1,5 @@
 -- API versioning: versions, routes, changes, deprecation, the hot switch, route_api_call and
--- usage (design.md §6).
+-- usage.
 SET client_min_messages = warning;
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';

@@ -1,4 +1,4 @@
--- Webhooks: endpoints, the queue filled by appends, secrets and signatures (design.md §5.3).
+-- Webhooks: endpoints, the queue filled by appends, secrets and signatures.
 -- This database is not the one the background worker serves, so nothing is ever sent: the
 -- deliveries stay queued. Delivery itself is exercised by tests/client/test_webhooks.py.
 -- Secrets, ids and times are random or moving, so only their shape is shown.
