@@ -91,12 +91,13 @@ thread_local! {
 fn pinned() -> Result<Option<String>> {
     use pgrx::pg_sys;
     let (session, outer) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetOuterUserId()) };
-    // none before ALTER EXTENSION UPDATE from 0.1.0 has created the table
-    if crate::cache::table_oid(c"pinned_roles") == pgrx::pg_sys::InvalidOid {
-        return Ok(None);
-    }
     let tenants = PINNED_TO.with(|memo| {
         memo.get(&(session.to_u32(), outer.to_u32()), || {
+            // none before ALTER EXTENSION UPDATE from 0.1.0 has created the table (the update
+            // changes functions, which empties this memo in every backend)
+            if crate::cache::table_oid(c"pinned_roles") == pg_sys::InvalidOid {
+                return Ok(Vec::new());
+            }
             // the pins are the extension's own: read as the bootstrap superuser, whoever asks
             crate::store::caller::as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), || {
                 pgrx::Spi::connect(|client| {

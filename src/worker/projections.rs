@@ -230,7 +230,8 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
     if let Some(why) = &blocked {
         progress.error = Some(format!("the projection's role cannot call its handler: {why}"));
     }
-    for (row, problem) in rows.iter().zip(problems).take(if blocked.is_some() { 0 } else { usize::MAX }) {
+    let rows: &[_] = if blocked.is_some() { &[] } else { &rows };
+    for (row, problem) in rows.iter().zip(problems) {
         let (cursor, event_id, position) = feed_fields(*row)?;
         // an event that could not be read as its handler expects fails like a handler would
         let outcome = match problem {
