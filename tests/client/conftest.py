@@ -320,7 +320,7 @@ def server_now(conn):
 # its database is dropped and the postmaster starts it again within ~5 s.
 
 WORKER_DB = "eventstore_worker_test"
-PG_CTL = "/usr/lib/postgresql/15/bin/pg_ctl"
+PG_CTL = os.path.join(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"), "pg_ctl")
 # the worker comes up within 5 s (its restart interval) once its database exists
 WORKER_START_TIMEOUT = 30
 

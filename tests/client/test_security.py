@@ -13,7 +13,7 @@ import pytest
 
 from conftest import HOST, PORT, admin_connect, append, expect_error, unique
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PORT=${1:?usage: run.sh PORT}
-PG_REGRESS="$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")/../test/regress/pg_regress"
+PG_REGRESS="$(dirname "$("${PG_BIN:-/usr/lib/postgresql/15/bin}/pg_config" --pgxs)")/../test/regress/pg_regress"
 OUTDIR="$HERE/../../target/pg_regress"
 rm -rf "$OUTDIR"; mkdir -p "$OUTDIR"
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)

@@ -11,7 +11,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 PORT=${1:?usage: run.sh PORT}
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_CONFIG="${PG_BIN:-/usr/lib/postgresql/15/bin}/pg_config"
 EXTDIR="$("$PG_CONFIG" --sharedir)/extension"
 LIBRARY="$("$PG_CONFIG" --pkglibdir)/eventstore.so"
 OUT="$ROOT/target/upgrade"
