@@ -25,9 +25,12 @@ static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Superuser-only, so no application role can set it.
 static REDACTING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
-/// `eventstore.database`: the database(s) the background worker serves, comma-separated
-/// (default `postgres`). Read at server start.
-static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// `eventstore.database`: when set, the only database(s) the background workers serve,
+/// comma-separated. Empty (the default): every database in which eventstore is installed.
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `eventstore.max_workers`: how many databases the launcher starts workers for, at most.
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 
 /// `eventstore.worker_poll_interval`: how long the worker sleeps when there is nothing to do,
 /// in milliseconds.
@@ -65,6 +68,7 @@ pub const MAX_JSON_DEPTH_RANGE: (i32, i32) = (1, 1000);
 /// The bounds of the other integer settings, used both to register them and in their
 /// accessors below, so a call site never restates a minimum.
 const WORKER_POLL_INTERVAL_RANGE: (i32, i32) = (10, 60_000);
+const MAX_WORKERS_RANGE: (i32, i32) = (1, crate::runtime::slots::MAX_WORKERS as i32);
 const WORKER_BATCH_SIZE_RANGE: (i32, i32) = (1, 100_000);
 const PROJECTION_MAX_ATTEMPTS_RANGE: (i32, i32) = (1, 1000);
 const WEBHOOK_TIMEOUT_RANGE: (i32, i32) = (100, 300_000);
@@ -96,6 +100,11 @@ pub fn require_tenant() -> bool {
 }
 
 /// `eventstore.worker_poll_interval`: how long an idle worker sleeps.
+/// `eventstore.max_workers`: databases served at most.
+pub fn max_workers() -> usize {
+    bounded(&MAX_WORKERS, MAX_WORKERS_RANGE) as usize
+}
+
 pub fn worker_poll_interval() -> Duration {
     Duration::from_millis(bounded(&WORKER_POLL_INTERVAL, WORKER_POLL_INTERVAL_RANGE) as u64)
 }
@@ -176,9 +185,19 @@ pub fn init() {
     );
     GucRegistry::define_string_guc(
         c"eventstore.database",
-        c"Database(s) the eventstore background worker serves, comma-separated.",
-        c"Read at server start; one worker runs per database.",
+        c"When set, the only database(s) eventstore background workers serve, comma-separated.",
+        c"Empty: every database in which eventstore is installed gets a worker.",
         &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventstore.max_workers",
+        c"How many databases eventstore background workers serve at most.",
+        c"Each worker is one of max_worker_processes; the launcher is one more.",
+        &MAX_WORKERS,
+        MAX_WORKERS_RANGE.0,
+        MAX_WORKERS_RANGE.1,
         GucContext::Postmaster,
         GucFlags::default(),
     );

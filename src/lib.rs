@@ -15,6 +15,7 @@ mod input;
 mod json;
 mod jsonb;
 mod notify;
+mod runtime;
 mod store;
 mod tenant;
 mod versioning;

@@ -30,6 +30,9 @@ thread_local! {
     /// tenant -> its channel, for the transaction's own NOTIFY: named while the append runs,
     /// since the pre-commit callback cannot read the secret (it has no snapshot)
     static CHANNELS: RefCell<BTreeMap<String, String>> = const { RefCell::new(BTreeMap::new()) };
+    /// the worker slot that takes this transaction's notice (None: it sends its own NOTIFY),
+    /// looked up at its first append
+    static SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
 /// Notes an append; the first one of a transaction arranges the notification.
@@ -43,21 +46,25 @@ pub fn appended(tenant: &str, aggregate_type: &str) {
         }
         first
     });
-    if crate::worker::serving_slot().is_none() && !CHANNELS.with(|c| c.borrow().contains_key(tenant)) {
+    if first {
+        SLOT.with(|s| s.set(crate::runtime::serving_slot()));
+    }
+    let slot = SLOT.with(|s| s.get());
+    if slot.is_none() && !CHANNELS.with(|c| c.borrow().contains_key(tenant)) {
         // a schema not yet updated to 0.2.0 has no channels of its own: the shared one says it
         if let Ok(channel) = channel(tenant) {
             CHANNELS.with(|c| c.borrow_mut().insert(tenant.to_owned(), channel));
         }
     }
     if first {
-        match crate::worker::serving_slot() {
+        match slot {
+            // the worker's notice also wakes it for the new events, if it sleeps
             Some(slot) => register_xact_callback(PgXactCallbackEvent::Commit, move || leave(slot)),
-            None => register_xact_callback(PgXactCallbackEvent::PreCommit, send),
+            None => {
+                crate::runtime::want_worker();
+                register_xact_callback(PgXactCallbackEvent::PreCommit, send)
+            }
         };
-        if crate::worker::preloaded() {
-            // the workers need not wait for their next poll to see the new events
-            register_xact_callback(PgXactCallbackEvent::Commit, crate::worker::status::wake_all);
-        }
         register_xact_callback(PgXactCallbackEvent::Abort, forget);
         // a prepared transaction cannot NOTIFY; what it touched must not leak into the next one
         register_xact_callback(PgXactCallbackEvent::PrePrepare, forget);
@@ -73,8 +80,7 @@ fn forget() {
 fn leave(slot: usize) {
     let Some(touched) = TOUCHED.with(|t| t.borrow_mut().take()) else { return };
     let touched: Vec<(String, Vec<String>)> = touched.into_iter().map(|(t, types)| (t, types.into_iter().collect())).collect();
-    crate::worker::status::leave_notices(slot, &touched);
-    crate::worker::status::wake_all();
+    crate::runtime::notices::leave(slot, unsafe { pg_sys::MyDatabaseId }, &touched);
 }
 
 /// What the shared channel says: something was appended, in some tenant.

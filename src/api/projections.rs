@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 use crate::datum::RegProcedure;
 use crate::error::Error;
 use crate::store::projections::{self, Mode};
-use crate::worker::{self, status};
+use crate::runtime::{self, slots};
 use crate::{input, tenant};
 
 /// A read model kept by `handler(event eventstore.event)`: 'inline' runs it inside every
@@ -29,7 +29,7 @@ fn register_projection(
     let handler = handler.ok_or_else(|| Error::invalid("handler must not be null"))?;
     let mode = match mode {
         Some("async") => {
-            worker::require()?;
+            runtime::require()?;
             Mode::Async
         }
         Some("inline") => Mode::Inline,
@@ -101,15 +101,28 @@ fn projection_status() -> Result<
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn worker_status() -> Result<JsonB, ErrorReport> {
-    let database = worker::current_database();
-    let configured = worker::preloaded();
+    let database = runtime::current_database();
+    let configured = runtime::preloaded();
+    let assigned = if configured { slots::of(unsafe { pg_sys::MyDatabaseId }).map(|(_, s)| s) } else { None };
     let mut out = serde_json::json!({
         "preloaded": configured,
         "database": database,
-        "served": configured && crate::guc::databases().contains(&database),
+        "served": assigned.is_some(),
     });
+    if configured && assigned.is_none() {
+        // why not, in words; the launcher is asked to look again
+        let reason = if !runtime::allowed(&database) {
+            format!("eventstore.database does not name database \"{database}\"")
+        } else if slots::taken() >= crate::guc::max_workers() {
+            format!("all eventstore.max_workers ({}) workers serve other databases", crate::guc::max_workers())
+        } else {
+            "the launcher starts a worker for this database within seconds".to_owned()
+        };
+        out["reason"] = serde_json::json!(reason);
+        runtime::want_worker();
+    }
     if configured {
-        if let Some(slot) = status::of(&database) {
+        if let Some(slot) = assigned {
             let ts = |t: i64| (t != 0).then(|| unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) }).flatten();
             let alive = slot.pid != 0 && unsafe { libc_kill(slot.pid) };
             out["pid"] = serde_json::json!(slot.pid);
@@ -119,7 +132,7 @@ fn worker_status() -> Result<JsonB, ErrorReport> {
             out["runs"] = serde_json::json!(slot.runs);
             out["events_applied"] = serde_json::json!(slot.events_applied);
             out["errors"] = serde_json::json!(slot.errors);
-            out["last_error"] = serde_json::json!(Some(status::text(&slot.last_error)).filter(|e| !e.is_empty()));
+            out["last_error"] = serde_json::json!(Some(slots::text(&slot.last_error)).filter(|e| !e.is_empty()));
             out["last_error_at"] = serde_json::json!(ts(slot.last_error_at).map(|t| t.to_string()));
             out["backing_off_until"] = serde_json::json!(ts(slot.backing_off_until).map(|t| t.to_string()));
         }

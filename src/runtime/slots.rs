@@ -1,20 +1,24 @@
-//! What each worker is doing, in shared memory, for eventstore.worker_status().
+//! The worker slots in shared memory: which database each worker serves and what it is doing
+//! (for `eventstore.worker_status()`), and where the launcher is. The launcher assigns a slot
+//! before it starts a worker and frees it when the worker has stopped.
 
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 use pgrx::shmem::PGRXSharedMemory;
 
-/// Databases one server can have workers for.
-pub const MAX_WORKERS: usize = 8;
+/// Databases one server can have workers for (`eventstore.max_workers` is at most this).
+pub const MAX_WORKERS: usize = 32;
 const TEXT: usize = 256;
 
 #[derive(Clone, Copy)]
 pub struct Slot {
-    pub pid: i32,
-    /// the worker's process latch (in shared memory): set by committing appenders
-    pub latch: *mut pg_sys::Latch,
+    /// the database the slot is assigned to (InvalidOid: free)
+    pub database_oid: pg_sys::Oid,
     pub database: [u8; 64],
+    pub pid: i32,
+    /// the worker's process latch (in shared memory)
+    pub latch: *mut pg_sys::Latch,
     pub started_at: i64,
     pub last_run_at: i64,
     pub runs: u64,
@@ -24,14 +28,17 @@ pub struct Slot {
     pub last_error_at: i64,
     /// when a worker that restarted too quickly starts working again (0: it is working)
     pub backing_off_until: i64,
+    /// the worker found no eventstore in its database and exits
+    pub absent: bool,
 }
 
 impl Default for Slot {
     fn default() -> Self {
         Slot {
+            database_oid: pg_sys::InvalidOid,
+            database: [0; 64],
             pid: 0,
             latch: std::ptr::null_mut(),
-            database: [0; 64],
             started_at: 0,
             last_run_at: 0,
             runs: 0,
@@ -40,27 +47,50 @@ impl Default for Slot {
             last_error: [0; TEXT],
             last_error_at: 0,
             backing_off_until: 0,
+            absent: false,
         }
     }
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Status {
     pub slots: [Slot; MAX_WORKERS],
+    pub launcher_pid: i32,
+    pub launcher_latch: *mut pg_sys::Latch,
+    /// a backend asked the launcher to look at the databases again (CREATE EXTENSION, a call
+    /// in a database without a worker)
+    pub look_again: bool,
+    /// a database being dropped: the launcher starts no worker for it until this time
+    pub dropping: pg_sys::Oid,
+    pub dropping_until: i64,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            slots: [Slot::default(); MAX_WORKERS],
+            launcher_pid: 0,
+            launcher_latch: std::ptr::null_mut(),
+            look_again: false,
+            dropping: pg_sys::InvalidOid,
+            dropping_until: 0,
+        }
+    }
 }
 
 unsafe impl PGRXSharedMemory for Status {}
 
 pub static STATUS: PgLwLock<Status> = unsafe { PgLwLock::new(c"eventstore_worker_status") };
 
-/// From _PG_init, when preloaded: reserves the shared memory.
-pub fn init() {
+pub(super) fn init() {
     pgrx::pg_shmem_init!(STATUS);
-    pgrx::pg_shmem_init!(NOTICES);
 }
 
-fn put(buf: &mut [u8], text: &str) {
-    let n = text.len().min(buf.len() - 1);
+pub(crate) fn put(buf: &mut [u8], text: &str) {
+    let mut n = text.len().min(buf.len() - 1);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
     buf.fill(0);
     buf[..n].copy_from_slice(&text.as_bytes()[..n]);
 }
@@ -70,18 +100,83 @@ pub fn text(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-pub fn started(slot: usize, database: &str) {
+// --- the launcher ------------------------------------------------------------------------------
+
+/// The launcher takes a free slot for `database`; None when every slot is taken.
+pub fn assign(database_oid: pg_sys::Oid, database: &str) -> Option<usize> {
     let mut status = STATUS.exclusive();
+    let slot = status.slots.iter().position(|s| s.database_oid == pg_sys::InvalidOid)?;
     let s = &mut status.slots[slot];
     *s = Slot::default();
+    s.database_oid = database_oid;
+    put(&mut s.database, database);
+    Some(slot)
+}
+
+/// The launcher frees a slot whose worker has stopped; returns whether that worker found no
+/// eventstore in its database.
+pub fn free(slot: usize) -> bool {
+    let mut status = STATUS.exclusive();
+    let absent = status.slots[slot].absent;
+    status.slots[slot] = Slot::default();
+    absent
+}
+
+pub fn launcher_started() {
+    let mut status = STATUS.exclusive();
+    status.launcher_pid = unsafe { pg_sys::MyProcPid };
+    status.launcher_latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch };
+    // a launcher that starts again (after a crash of the server) finds no worker of its own
+    for s in status.slots.iter_mut() {
+        *s = Slot::default();
+    }
+}
+
+pub fn launcher_stopped() {
+    let mut status = STATUS.exclusive();
+    status.launcher_pid = 0;
+    status.launcher_latch = std::ptr::null_mut();
+}
+
+/// Asks the launcher to look at the databases again now.
+pub fn wake_launcher() {
+    let mut status = STATUS.exclusive();
+    status.look_again = true;
+    if !status.launcher_latch.is_null() {
+        unsafe { pg_sys::SetLatch(status.launcher_latch) };
+    }
+}
+
+/// Whether a backend asked the launcher to look again (and forgets the request).
+pub fn take_look_again() -> bool {
+    std::mem::take(&mut STATUS.exclusive().look_again)
+}
+
+/// `DROP DATABASE` is about to run: no worker may start for it for a while.
+pub fn dropping(database_oid: pg_sys::Oid, seconds: i64) {
+    let mut status = STATUS.exclusive();
+    status.dropping = database_oid;
+    status.dropping_until = now() + seconds * 1_000_000;
+}
+
+/// Whether `database_oid` is being dropped.
+pub fn is_dropping(database_oid: pg_sys::Oid) -> bool {
+    let status = STATUS.share();
+    status.dropping == database_oid && status.dropping_until > now()
+}
+
+// --- a worker --------------------------------------------------------------------------------
+
+pub fn started(slot: usize) {
+    let mut status = STATUS.exclusive();
+    let s = &mut status.slots[slot];
     s.pid = unsafe { pg_sys::MyProcPid };
     s.latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch };
     s.started_at = now();
-    put(&mut s.database, database);
 }
 
 pub fn ran(slot: usize, applied: u64) {
@@ -110,119 +205,24 @@ pub fn backed_off(slot: usize) {
     STATUS.exclusive().slots[slot].backing_off_until = 0;
 }
 
+/// The worker found no eventstore in its database.
+pub fn absent(slot: usize) {
+    STATUS.exclusive().slots[slot].absent = true;
+}
+
 pub fn stopped(slot: usize) {
     let mut status = STATUS.exclusive();
     status.slots[slot].pid = 0;
     status.slots[slot].latch = std::ptr::null_mut();
 }
 
-/// Wakes every worker: events were just committed.
-pub fn wake_all() {
+/// The slot assigned to the database `database_oid`, if any, with what it holds.
+pub fn of(database_oid: pg_sys::Oid) -> Option<(usize, Slot)> {
     let status = STATUS.share();
-    for slot in status.slots.iter().filter(|s| s.pid != 0 && !s.latch.is_null()) {
-        unsafe { pg_sys::SetLatch(slot.latch) };
-    }
+    status.slots.iter().enumerate().find(|(_, s)| s.database_oid == database_oid).map(|(i, s)| (i, *s))
 }
 
-/// The slot of the worker serving `database`, if any.
-pub fn of(database: &str) -> Option<Slot> {
-    STATUS.share().slots.iter().find(|s| text(&s.database) == database).copied()
-}
-
-/// Notifications appenders leave for the worker of their database, which sends them: NOTIFY
-/// from every appending transaction would serialize all their commits on the notification
-/// queue's lock; here only the worker takes it.
-pub const NOTICES_PER_WORKER: usize = 64;
-const TENANT: usize = 128;
-const TYPES: usize = 384;
-
-#[derive(Clone, Copy)]
-pub struct Notice {
-    pub tenant: [u8; TENANT],
-    /// aggregate types, comma-separated
-    pub types: [u8; TYPES],
-    /// false when the types did not fit: "some aggregate types"
-    pub types_complete: bool,
-}
-
-#[derive(Clone, Copy)]
-pub struct NoticeQueue {
-    pub len: usize,
-    /// a notice did not fit: the worker says "something changed" without saying what
-    pub overflowed: bool,
-    pub notices: [Notice; NOTICES_PER_WORKER],
-}
-
-#[derive(Clone, Copy)]
-pub struct Notices {
-    pub queues: [NoticeQueue; MAX_WORKERS],
-}
-
-impl Default for Notices {
-    fn default() -> Self {
-        let notice = Notice { tenant: [0; TENANT], types: [0; TYPES], types_complete: true };
-        let queue = NoticeQueue { len: 0, overflowed: false, notices: [notice; NOTICES_PER_WORKER] };
-        Notices { queues: [queue; MAX_WORKERS] }
-    }
-}
-
-unsafe impl PGRXSharedMemory for Notices {}
-
-pub static NOTICES: PgLwLock<Notices> = unsafe { PgLwLock::new(c"eventstore_worker_notices") };
-
-/// Leaves the tenants and aggregate types a committed transaction touched for worker `slot`.
-/// Never fails (it runs after the commit): what does not fit marks the queue overflowed.
-pub fn leave_notices(slot: usize, touched: &[(String, Vec<String>)]) {
-    let mut notices = NOTICES.exclusive();
-    let queue = &mut notices.queues[slot];
-    for (tenant, types) in touched {
-        if tenant.len() >= TENANT {
-            queue.overflowed = true;
-            continue;
-        }
-        let index = match (0..queue.len).find(|i| text(&queue.notices[*i].tenant) == *tenant) {
-            Some(i) => i,
-            None if queue.len < NOTICES_PER_WORKER => {
-                let i = queue.len;
-                queue.len += 1;
-                let notice = &mut queue.notices[i];
-                put(&mut notice.tenant, tenant);
-                put(&mut notice.types, "");
-                notice.types_complete = true;
-                i
-            }
-            None => {
-                queue.overflowed = true;
-                continue;
-            }
-        };
-        let notice = &mut queue.notices[index];
-        let mut all: std::collections::BTreeSet<String> =
-            text(&notice.types).split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect();
-        all.extend(types.iter().cloned());
-        let joined = all.into_iter().collect::<Vec<_>>().join(",");
-        if joined.len() < TYPES {
-            put(&mut notice.types, &joined);
-        } else {
-            notice.types_complete = false;
-        }
-    }
-}
-
-/// Takes what appenders left for worker `slot`: (tenant, types or None when incomplete), and
-/// whether some notices were lost.
-pub fn take_notices(slot: usize) -> (Vec<(String, Option<Vec<String>>)>, bool) {
-    let mut notices = NOTICES.exclusive();
-    let queue = &mut notices.queues[slot];
-    let taken = (0..queue.len)
-        .map(|i| {
-            let n = &queue.notices[i];
-            let types = n.types_complete.then(|| text(&n.types).split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect());
-            (text(&n.tenant), types)
-        })
-        .collect();
-    let overflowed = queue.overflowed;
-    queue.len = 0;
-    queue.overflowed = false;
-    (taken, overflowed)
+/// How many slots are taken.
+pub fn taken() -> usize {
+    STATUS.share().slots.iter().filter(|s| s.database_oid != pg_sys::InvalidOid).count()
 }

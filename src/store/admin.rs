@@ -149,3 +149,25 @@ pub fn delete_stream(stream: &Stream, hard: bool) -> Result<bool> {
         Ok(!table.is_empty())
     })
 }
+
+static INSTALLED: Statement = Statement {
+    sql: "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'eventstore')",
+    args: &[],
+    volatile: true,
+};
+
+/// Whether eventstore is installed in the current database (a worker's database may lose it).
+pub fn installed() -> Result<bool> {
+    Spi::connect(|client| Ok(run(client, &INSTALLED, &[])?.first().get_one::<bool>()?.unwrap_or(false)))
+}
+
+static NOTIFY: Statement = Statement {
+    sql: "SELECT pg_catalog.pg_notify($1, $2)",
+    args: &[TEXTOID, TEXTOID],
+    volatile: true,
+};
+
+/// `NOTIFY channel, payload`, sent when the current transaction commits.
+pub fn notify(channel: &str, payload: &str) -> Result<()> {
+    Spi::connect(|client| run(client, &NOTIFY, &[channel.into(), payload.into()]).map(drop))
+}

@@ -17,11 +17,10 @@ use super::{schedule, signing};
 use crate::error::Result;
 use crate::guc;
 use crate::store::plans::{Statement, run};
-use crate::worker::transaction;
+use crate::runtime::transaction;
 
 static ENDPOINTS_EXIST: Statement = Statement {
-    sql: "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventstore')
-             AND EXISTS (SELECT 1 FROM eventstore.webhook_endpoints WHERE enabled)",
+    sql: "SELECT EXISTS (SELECT 1 FROM eventstore.webhook_endpoints WHERE enabled)",
     args: &[],
     volatile: true,
 };
@@ -126,7 +125,7 @@ static RELEASE: Statement = Statement {
 pub fn release_leases(slot: usize) {
     transaction(slot, "releasing webhook leases", || {
         Spi::connect(|client| {
-            if run(client, &INSTALLED, &[])?.first().get_one::<bool>()?.unwrap_or(false) {
+            if crate::store::admin::installed()? {
                 run(client, &RELEASE, &[])?;
             }
             Ok(())
@@ -134,11 +133,6 @@ pub fn release_leases(slot: usize) {
     });
 }
 
-static INSTALLED: Statement = Statement {
-    sql: "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventstore')",
-    args: &[],
-    volatile: true,
-};
 
 /// One round; returns the deliveries attempted and whether more are waiting.
 pub fn round(slot: usize) -> (u64, bool) {

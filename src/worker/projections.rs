@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{transaction, try_transaction};
+use crate::runtime::{transaction, try_transaction};
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 use crate::guc;
@@ -30,11 +30,6 @@ pub struct Outcome {
     pub more: bool,
 }
 
-static INSTALLED: Statement = Statement {
-    sql: "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventstore')",
-    args: &[],
-    volatile: true,
-};
 
 static ASYNC: Statement = Statement {
     sql: "SELECT p.tenant_id, p.name FROM eventstore.projections p WHERE p.mode = 'async'
@@ -133,9 +128,6 @@ fn failed(key: (String, String)) {
 pub fn round(slot: usize) -> Outcome {
     let list = transaction(slot, "listing projections", || {
         Spi::connect(|client| {
-            if !run_one_bool(client, &INSTALLED)? {
-                return Ok(Vec::new());
-            }
             let mut list = Vec::new();
             for row in run(client, &ASYNC, &[])? {
                 list.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
@@ -173,10 +165,6 @@ pub fn round(slot: usize) -> Outcome {
         }
     }
     outcome
-}
-
-fn run_one_bool(client: &pgrx::spi::SpiClient<'_>, stmt: &'static Statement) -> Result<bool> {
-    Ok(run(client, stmt, &[])?.first().get_one::<bool>()?.unwrap_or(false))
 }
 
 /// The state of a projection while a batch runs.

@@ -1,6 +1,6 @@
 //! Restarts that come too quickly. A worker that crashes takes every backend of the server
 //! with it, and the postmaster starts it again at once: one poisoned definition would restart
-//! the server several times a second, for good. Each worker notes when it started in a small
+//! the server several times a second, for good. Each worker notes when it started (keyed by its database's oid) in a small
 //! file in the data directory (shared memory does not survive the crash); a start soon after
 //! the previous one waits first, twice as long each time, up to a minute. A worker that ran
 //! for a while, or stopped cleanly, starts at once the next time.
@@ -14,13 +14,13 @@ use pgrx::pg_sys;
 const STEADY: Duration = Duration::from_secs(10);
 const LONGEST_WAIT: Duration = Duration::from_secs(60);
 
-fn file(slot: usize) -> Option<PathBuf> {
+fn file(database_oid: u32) -> Option<PathBuf> {
     let dir = unsafe { pg_sys::DataDir };
     if dir.is_null() {
         return None;
     }
     let dir = unsafe { std::ffi::CStr::from_ptr(dir) }.to_string_lossy().into_owned();
-    Some(PathBuf::from(dir).join("eventstore").join(format!("worker-{slot}.restarts")))
+    Some(PathBuf::from(dir).join("eventstore").join(format!("worker-{database_oid}.restarts")))
 }
 
 fn now_ms() -> u64 {
@@ -28,15 +28,15 @@ fn now_ms() -> u64 {
 }
 
 /// (quick restarts in a row, started at ms, waited ms) as the file keeps them.
-fn read(slot: usize) -> (u32, u64, u64) {
-    let text = file(slot).and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+fn read(database_oid: u32) -> (u32, u64, u64) {
+    let text = file(database_oid).and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
     let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
     let (quick, started, waited) = (fields.next(), fields.next(), fields.next());
     (quick.unwrap_or(0) as u32, started.unwrap_or(0), waited.unwrap_or(0))
 }
 
-fn write(slot: usize, quick: u32, started: u64, waited: u64) {
-    let Some(path) = file(slot) else { return };
+fn write(database_oid: u32, quick: u32, started: u64, waited: u64) {
+    let Some(path) = file(database_oid) else { return };
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -58,18 +58,18 @@ pub fn is_quick(now: u64, started: u64, waited: u64) -> bool {
 }
 
 /// Notes this start; returns the quick restarts in a row and how long to wait before working.
-pub fn on_start(slot: usize) -> (u32, Duration) {
-    let (quick, started, waited) = read(slot);
+pub fn on_start(database_oid: u32) -> (u32, Duration) {
+    let (quick, started, waited) = read(database_oid);
     let now = now_ms();
     let quick = if is_quick(now, started, waited) { quick.saturating_add(1) } else { 0 };
     let wait = wait_for(quick);
-    write(slot, quick, now, wait.as_millis() as u64);
+    write(database_oid, quick, now, wait.as_millis() as u64);
     (quick, wait)
 }
 
 /// A clean stop (SIGTERM): the next start is not a crash loop.
-pub fn on_clean_exit(slot: usize) {
-    write(slot, 0, 0, 0);
+pub fn on_clean_exit(database_oid: u32) {
+    write(database_oid, 0, 0, 0);
 }
 
 #[cfg(test)]
