@@ -162,3 +162,10 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Webhook deliveries are queued by the append itself, from the tenant's cached endpoints and
+-- with a kept plan (0.1.0: a statement trigger over the transition table, planned on every
+-- append once any endpoint existed). Events inserted around the API are queued with
+-- queue_event_for_webhooks().
+DROP TRIGGER events_queue_webhooks ON eventstore.events;
+DROP FUNCTION eventstore._queue_webhooks();

@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod append;
 mod cache;
 mod datum;
 mod error;
@@ -33,7 +34,6 @@ extension_sql_file!("../sql/state.sql", name = "state", requires = ["schema"]);
 extension_sql_file!("../sql/downstream.sql", name = "downstream", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
 extension_sql_file!("../sql/webhooks.sql", name = "webhooks", requires = ["schema"]);
-extension_sql_file!("../sql/webhooks_trigger.sql", name = "webhooks_trigger", requires = ["webhooks", api::webhooks::_queue_webhooks]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]

@@ -8,7 +8,8 @@ use crate::datum::{AppendedRow, RawJsonb, Root};
 use crate::error::{Error, Kind, Result};
 use crate::store::definitions;
 use crate::input::{self, Lifted, NewEvent};
-use crate::store::append::{Body, append};
+use crate::append::append;
+use crate::store::append::Body;
 
 /// Appends one event to a stream; returns where it was stored.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]

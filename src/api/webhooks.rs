@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 
 use crate::error::{Error, Result};
-use crate::store::webhooks::{self, NewEndpoint};
+use crate::store::webhook_queue::{self, NewEndpoint};
 use crate::webhooks::{address, schedule, signing};
 use crate::{guc, input, tenant};
 
@@ -74,7 +74,7 @@ fn create_webhook_endpoint(
     }
     let endpoint_id = Uuid::from_bytes(uuid::Builder::from_random_bytes(random::<16>()?).into_uuid().into_bytes());
     let secret = new_secret()?;
-    webhooks::create(&tenant::current()?, NewEndpoint {
+    webhook_queue::create(&tenant::current()?, NewEndpoint {
         endpoint_id,
         url: url.to_owned(),
         description,
@@ -93,7 +93,7 @@ fn create_webhook_endpoint(
 #[search_path(pg_catalog, pg_temp)]
 fn queue_event_for_webhooks(event_id: Option<Uuid>) -> Result<i32, ErrorReport> {
     let event_id = event_id.ok_or_else(|| Error::invalid("event_id must not be null"))?;
-    Ok(webhooks::queue_event(&tenant::current()?, event_id)?)
+    Ok(webhook_queue::queue_event(&tenant::current()?, event_id)?)
 }
 
 /// A new secret; the old one keeps signing (as a second signature) for `grace`.
@@ -106,7 +106,7 @@ fn rotate_webhook_secret(
     let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
     let grace = grace.ok_or_else(|| Error::invalid("grace must not be null"))?;
     let secret = new_secret()?;
-    webhooks::rotate(&tenant::current()?, endpoint_id, &secret, grace)?;
+    webhook_queue::rotate(&tenant::current()?, endpoint_id, &secret, grace)?;
     Ok(secret)
 }
 
@@ -115,7 +115,7 @@ fn rotate_webhook_secret(
 #[search_path(pg_catalog, pg_temp)]
 fn retry_webhook_delivery(delivery_id: Option<Uuid>) -> Result<bool, ErrorReport> {
     let delivery_id = delivery_id.ok_or_else(|| Error::invalid("delivery_id must not be null"))?;
-    Ok(webhooks::retry(&tenant::current()?, delivery_id)?)
+    Ok(webhook_queue::retry(&tenant::current()?, delivery_id)?)
 }
 
 /// Enables an endpoint again and requeues every delivery to it that failed since `since`;
@@ -125,14 +125,14 @@ fn retry_webhook_delivery(delivery_id: Option<Uuid>) -> Result<bool, ErrorReport
 fn recover_webhook_endpoint(endpoint_id: Option<Uuid>, since: Option<TimestampWithTimeZone>) -> Result<i32, ErrorReport> {
     let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
     let since = since.ok_or_else(|| Error::invalid("since must not be null"))?;
-    Ok(webhooks::recover(&tenant::current()?, endpoint_id, since)?)
+    Ok(webhook_queue::recover(&tenant::current()?, endpoint_id, since)?)
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn enable_webhook_endpoint(endpoint_id: Option<Uuid>) -> Result<(), ErrorReport> {
     let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
-    webhooks::set_enabled(&tenant::current()?, endpoint_id, true, None)?;
+    webhook_queue::set_enabled(&tenant::current()?, endpoint_id, true, None)?;
     Ok(())
 }
 
@@ -140,7 +140,7 @@ fn enable_webhook_endpoint(endpoint_id: Option<Uuid>) -> Result<(), ErrorReport>
 #[search_path(pg_catalog, pg_temp)]
 fn disable_webhook_endpoint(endpoint_id: Option<Uuid>, reason: default!(Option<&str>, "NULL")) -> Result<(), ErrorReport> {
     let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
-    webhooks::set_enabled(&tenant::current()?, endpoint_id, false, Some(reason.unwrap_or("disabled by hand")))?;
+    webhook_queue::set_enabled(&tenant::current()?, endpoint_id, false, Some(reason.unwrap_or("disabled by hand")))?;
     Ok(())
 }
 
@@ -151,7 +151,7 @@ fn get_webhook_delivery_stats(
     since: default!(Option<TimestampWithTimeZone>, "now() - interval '24 hours'"),
 ) -> Result<JsonB, ErrorReport> {
     let since = since.ok_or_else(|| Error::invalid("since must not be null"))?;
-    Ok(webhooks::stats(&tenant::current()?, since)?)
+    Ok(webhook_queue::stats(&tenant::current()?, since)?)
 }
 
 /// The `webhook-signature` value of one message: `v1,<base64 HMAC-SHA256 of id.timestamp.body>`.
@@ -160,18 +160,4 @@ fn sign_webhook(secret: &str, msg_id: &str, ts: i64, body: &str) -> Result<Strin
     let key = signing::key(secret)
         .ok_or_else(|| Error::invalid("invalid webhook secret").hint("A secret is 'whsec_' followed by standard base64."))?;
     Ok(signing::sign(&key, msg_id, ts, body))
-}
-
-/// The statement-level trigger on eventstore.events: queues the appended events for the
-/// matching endpoints in the appending transaction (a rolled-back append queues nothing).
-#[pg_trigger]
-fn _queue_webhooks<'a>(trigger: &'a PgTrigger<'a>) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Error> {
-    if !webhooks::any_endpoint()? {
-        return Ok(None);
-    }
-    Spi::connect_mut(|client| {
-        unsafe { pg_sys::SPI_register_trigger_data(std::ptr::from_ref(trigger.trigger_data()).cast_mut()) };
-        webhooks::queue_appended(client)
-    })?;
-    Ok(None)
 }

@@ -8,7 +8,7 @@ use pgrx::spi::SpiClient;
 use pgrx::Uuid as PgUuid;
 
 use super::plans::{Statement, run};
-use super::{Row, Stream, caller_context, composites_in, copy_composite, state};
+use super::{Row, Stream, caller_context, copy_composite};
 use crate::datum::RawJsonb;
 use crate::error::{Error, Kind, Result};
 use crate::input::NewEvent;
@@ -45,29 +45,93 @@ static FIND_EVENT_IDS: Statement = Statement {
 };
 
 /// `expected_version` NULL (any) or 0 (must not exist: no row, a row at version 0, or a
-/// soft-deleted stream): create or bump.
-static UPSERT_STREAM: Statement = Statement {
-    sql: "INSERT INTO eventstore.streams AS s (tenant_id, aggregate_type, aggregate_id, version)
-          VALUES ($1, $2, $3, $4)
-          ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE
-             SET version = s.version + $4, updated_at = statement_timestamp(), deleted_at = NULL
-           WHERE NOT s.hard_deleted AND ($5::bigint IS NULL OR s.deleted_at IS NOT NULL OR s.version = 0)
-          RETURNING s.version",
-    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
-    volatile: true,
-};
+/// soft-deleted stream): create or bump by `$4` events. `$1..$3` name the stream, `$5` is the
+/// expected version.
+macro_rules! upsert_stream {
+    () => {
+        "INSERT INTO eventstore.streams AS s (tenant_id, aggregate_type, aggregate_id, version)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE
+            SET version = s.version + $4, updated_at = statement_timestamp(), deleted_at = NULL
+          WHERE NOT s.hard_deleted AND ($5::bigint IS NULL OR s.deleted_at IS NOT NULL OR s.version = 0)
+         RETURNING s.version"
+    };
+}
 
 /// `expected_version` -1 (must exist) or N (must be exactly at N): bump a live stream.
-static BUMP_STREAM: Statement = Statement {
-    sql: "UPDATE eventstore.streams AS s
-             SET version = s.version + $4, updated_at = statement_timestamp()
-           WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
-             AND NOT s.hard_deleted AND s.deleted_at IS NULL
-             AND (($5 = -1 AND s.version > 0) OR s.version = $5)
-          RETURNING s.version",
-    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
-    volatile: true,
-};
+macro_rules! bump_stream {
+    () => {
+        "UPDATE eventstore.streams AS s
+            SET version = s.version + $4, updated_at = statement_timestamp()
+          WHERE s.tenant_id = $1 AND s.aggregate_type = $2 AND s.aggregate_id = $3
+            AND NOT s.hard_deleted AND s.deleted_at IS NULL
+            AND (($5 = -1 AND s.version > 0) OR s.version = $5)
+         RETURNING s.version"
+    };
+}
+
+/// One event, inserted only when the stream's version check (`v`, one row or none) passed: the
+/// check and the insert are one statement, and a losing writer draws no position.
+macro_rules! insert_one {
+    ($stream:expr) => {
+        concat!(
+            "WITH v AS (", $stream, ")
+             INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
+                 aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
+                 correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
+             SELECT nextval('eventstore.events_global_position_seq'), $6, $1, $2, $3, v.version, $7, $8, $9,
+                 coalesce($10, '{}'),
+                 $11, $12, $13, coalesce($14::timestamptz, statement_timestamp()), statement_timestamp(),
+                 pg_current_xact_id()
+             FROM v
+             RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended,
+                       e.aggregate_version"
+        )
+    };
+}
+
+const ONE_ARGS: &[pgrx::pg_sys::BuiltinOid] = &[
+    TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, UUIDOID, TEXTOID, INT4OID, JSONBOID, JSONBOID, UUIDOID,
+    UUIDOID, TEXTOID, TEXTOID,
+];
+
+static APPEND_ONE_UPSERT: Statement = Statement { sql: insert_one!(upsert_stream!()), args: ONE_ARGS, volatile: true };
+static APPEND_ONE_BUMP: Statement = Statement { sql: insert_one!(bump_stream!()), args: ONE_ARGS, volatile: true };
+
+/// A batch: ids, types and lifted metadata come as arrays from the validation; payloads and
+/// metadata are taken straight from the caller's JSON array, walked once in step with them.
+/// Inserted only when the version check passed, like one event.
+macro_rules! insert_many {
+    ($stream:expr) => {
+        concat!(
+            "WITH v AS (", $stream, ")
+             INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
+                 aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
+                 correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
+             SELECT nextval('eventstore.events_global_position_seq'), u.event_id, $1, $2, $3,
+                 v.version - $4 + u.n, u.event_type, u.schema_version, u.x -> 'payload',
+                 coalesce(nullif(u.x -> 'metadata', 'null'), '{}'),
+                 u.correlation_id, u.causation_id, u.actor,
+                 coalesce(u.occurred_at::timestamptz, statement_timestamp()), statement_timestamp(),
+                 pg_current_xact_id()
+             FROM v, ROWS FROM (jsonb_array_elements($6), unnest($7::uuid[]), unnest($8::text[]),
+                             unnest($9::int[]), unnest($10::uuid[]), unnest($11::uuid[]),
+                             unnest($12::text[]), unnest($13::text[]))
+                  WITH ORDINALITY AS u(x, event_id, event_type, schema_version, correlation_id,
+                                       causation_id, actor, occurred_at, n)
+             RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended,
+                       e.aggregate_version"
+        )
+    };
+}
+
+const MANY_ARGS: &[pgrx::pg_sys::BuiltinOid] = &[
+    TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, JSONBOID, UUIDARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+    UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+];
+
+static APPEND_MANY_UPSERT: Statement = Statement { sql: insert_many!(upsert_stream!()), args: MANY_ARGS, volatile: true };
+static APPEND_MANY_BUMP: Statement = Statement { sql: insert_many!(bump_stream!()), args: MANY_ARGS, volatile: true };
 
 /// Why a version check failed.
 static STREAM_STATE: Statement = Statement {
@@ -78,47 +142,6 @@ static STREAM_STATE: Statement = Statement {
     volatile: true,
 };
 
-
-static INSERT_ONE: Statement = Statement {
-    sql: "INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
-              aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
-              correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
-          VALUES (nextval('eventstore.events_global_position_seq'), $1, $2, $3, $4, $5, $6, $7, $8,
-              coalesce($9, '{}'),
-              $10, $11, $12, coalesce($13::timestamptz, statement_timestamp()), statement_timestamp(),
-              pg_current_xact_id())
-          RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended",
-    args: &[
-        UUIDOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID, JSONBOID, JSONBOID, UUIDOID,
-        UUIDOID, TEXTOID, TEXTOID,
-    ],
-    volatile: true,
-};
-
-/// A batch: ids, types and lifted metadata come as arrays from the validation; payloads and
-/// metadata are taken straight from the caller's JSON array, walked once in step with them.
-static INSERT_MANY: Statement = Statement {
-    sql: "INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
-              aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
-              correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
-          SELECT nextval('eventstore.events_global_position_seq'), u.event_id, $1, $2, $3,
-              $4 + u.n - 1, u.event_type, u.schema_version, u.x -> 'payload',
-              coalesce(nullif(u.x -> 'metadata', 'null'), '{}'),
-              u.correlation_id, u.causation_id, u.actor,
-              coalesce(u.occurred_at::timestamptz, statement_timestamp()), statement_timestamp(),
-              pg_current_xact_id()
-          FROM ROWS FROM (jsonb_array_elements($5), unnest($6::uuid[]), unnest($7::text[]),
-                          unnest($8::int[]), unnest($9::uuid[]), unnest($10::uuid[]),
-                          unnest($11::text[]), unnest($12::text[]))
-               WITH ORDINALITY AS u(x, event_id, event_type, schema_version, correlation_id,
-                                    causation_id, actor, occurred_at, n)
-          RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended",
-    args: &[
-        TEXTOID, TEXTOID, TEXTOID, INT8OID, JSONBOID, UUIDARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-        UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-    ],
-    volatile: true,
-};
 
 /// What is appended besides the validated events: one payload, or the caller's whole batch.
 pub enum Body {
@@ -138,21 +161,10 @@ fn key(stream: &Stream) -> [DatumWithOid<'_>; 3] {
     ]
 }
 
-/// Appends `events` to `stream` as one step of the caller's transaction, then takes the
-/// snapshot the append made due, if any.
-pub fn append(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<Vec<Row>> {
-    let (rows, last) = insert(stream, events, body, expected)?;
-    if let Some(last) = last {
-        crate::tenant::mark_writing(&stream.tenant);
-        crate::notify::appended(&stream.tenant, &stream.aggregate_type);
-        super::projections::run_inline(stream, last - events.len() as i64 + 1, last)?;
-        state::snapshot_after_append(stream, last - events.len() as i64, last)?;
-    }
-    Ok(rows)
-}
-
-/// The rows appended (or found again) and the stream's new version (None for a re-send).
-fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<(Vec<Row>, Option<i64>)> {
+/// Checks the expected version and inserts `events` under the stream's row lock (src/append.rs
+/// runs what follows an append). Returns the rows appended (or found again) and the stream's
+/// new version (None for a re-send).
+pub fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<(Vec<Row>, Option<i64>)> {
     let context = caller_context();
     Spi::connect(|client| {
         if events.iter().any(|e| e.id_supplied) {
@@ -162,18 +174,19 @@ fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64
                 return Ok((original, None));
             }
         }
-        let last = reserve(client, stream, events.len() as i64, expected)?;
-        let first = last - events.len() as i64 + 1;
+        let n = events.len() as i64;
+        let upsert = matches!(expected, None | Some(0));
+        let [tenant, aggregate_type, aggregate_id] = key(stream);
         let table = match body {
             Body::One { payload, metadata } => {
                 let e = &events[0];
-                let [tenant, aggregate_type, aggregate_id] = key(stream);
-                run(client, &INSERT_ONE, &[
-                    pg_uuid(e.event_id).into(),
+                run(client, if upsert { &APPEND_ONE_UPSERT } else { &APPEND_ONE_BUMP }, &[
                     tenant,
                     aggregate_type,
                     aggregate_id,
-                    first.into(),
+                    n.into(),
+                    expected.into(),
+                    pg_uuid(e.event_id).into(),
                     e.event_type.as_str().into(),
                     e.schema_version.unwrap_or(1).into(),
                     payload.into(),
@@ -184,25 +197,34 @@ fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64
                     e.lifted.occurred_at.as_deref().into(),
                 ])?
             }
-            Body::Batch(batch) => {
-                let [tenant, aggregate_type, aggregate_id] = key(stream);
-                run(client, &INSERT_MANY, &[
-                    tenant,
-                    aggregate_type,
-                    aggregate_id,
-                    first.into(),
-                    batch.into(),
-                    events.iter().map(|e| pg_uuid(e.event_id)).collect::<Vec<_>>().into(),
-                    events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>().into(),
-                    events.iter().map(|e| e.schema_version.unwrap_or(1)).collect::<Vec<_>>().into(),
-                    events.iter().map(|e| e.lifted.correlation_id.map(pg_uuid)).collect::<Vec<_>>().into(),
-                    events.iter().map(|e| e.lifted.causation_id.map(pg_uuid)).collect::<Vec<_>>().into(),
-                    events.iter().map(|e| e.lifted.actor.clone()).collect::<Vec<_>>().into(),
-                    events.iter().map(|e| e.lifted.occurred_at.clone()).collect::<Vec<_>>().into(),
-                ])?
-            }
+            Body::Batch(batch) => run(client, if upsert { &APPEND_MANY_UPSERT } else { &APPEND_MANY_BUMP }, &[
+                tenant,
+                aggregate_type,
+                aggregate_id,
+                n.into(),
+                expected.into(),
+                batch.into(),
+                events.iter().map(|e| pg_uuid(e.event_id)).collect::<Vec<_>>().into(),
+                events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>().into(),
+                events.iter().map(|e| e.schema_version.unwrap_or(1)).collect::<Vec<_>>().into(),
+                events.iter().map(|e| e.lifted.correlation_id.map(pg_uuid)).collect::<Vec<_>>().into(),
+                events.iter().map(|e| e.lifted.causation_id.map(pg_uuid)).collect::<Vec<_>>().into(),
+                events.iter().map(|e| e.lifted.actor.clone()).collect::<Vec<_>>().into(),
+                events.iter().map(|e| e.lifted.occurred_at.clone()).collect::<Vec<_>>().into(),
+            ])?,
         };
-        Ok((composites_in(context, table, 1)?, Some(last)))
+        let mut table = table;
+        let mut rows = Vec::with_capacity(events.len());
+        let mut last = 0;
+        while table.next().is_some() {
+            let row = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: a null row"))?;
+            rows.push(copy_composite(context, row));
+            last = last.max(table.get::<i64>(2)?.unwrap_or(0));
+        }
+        if rows.is_empty() {
+            return Err(refused(client, stream, expected));
+        }
+        Ok((rows, Some(last)))
     })
 }
 
@@ -251,19 +273,15 @@ fn already_appended(
     Ok(Some(original))
 }
 
-/// Checks `expected` and moves the stream's version on by `n` under its row lock; returns the
-/// new version.
-fn reserve(client: &SpiClient<'_>, stream: &Stream, n: i64, expected: Option<i64>) -> Result<i64> {
-    let [tenant, aggregate_type, aggregate_id] = key(stream);
-    let args = [tenant, aggregate_type, aggregate_id, n.into(), expected.into()];
-    let stmt = match expected {
-        None | Some(0) => &UPSERT_STREAM,
-        Some(_) => &BUMP_STREAM,
-    };
-    let table = run(client, stmt, &args)?;
-    if !table.is_empty() {
-        return table.first().get_one::<i64>()?.ok_or_else(|| Error::new(Kind::Internal, "stream without a version"));
+/// Why the version check refused an append (no row came back): a hard-deleted stream (55000)
+/// or a wrong expected version (23P01).
+fn refused(client: &SpiClient<'_>, stream: &Stream, expected: Option<i64>) -> Error {
+    match explain(client, stream, expected) {
+        Ok(e) | Err(e) => e,
     }
+}
+
+fn explain(client: &SpiClient<'_>, stream: &Stream, expected: Option<i64>) -> Result<Error> {
     let state = run(client, &STREAM_STATE, &key(stream))?;
     let (actual, hard_deleted) = if state.is_empty() {
         (0, false)
@@ -272,7 +290,7 @@ fn reserve(client: &SpiClient<'_>, stream: &Stream, n: i64, expected: Option<i64
         (state.get::<i64>(1)?.unwrap_or(0), state.get::<bool>(2)?.unwrap_or(false))
     };
     if hard_deleted {
-        return Err(Error::new(Kind::WrongState, format!("stream {stream} is deleted"))
+        return Ok(Error::new(Kind::WrongState, format!("stream {stream} is deleted"))
             .detail(format!("stream {stream} was hard-deleted; its events stay in the log"))
             .hint("Append to a new stream."));
     }
@@ -281,7 +299,7 @@ fn reserve(client: &SpiClient<'_>, stream: &Stream, n: i64, expected: Option<i64
         -1 => "an existing stream (-1)".to_string(),
         v => format!("version {v}"),
     };
-    Err(Error::new(Kind::WrongExpectedVersion, format!("wrong expected version for stream {stream}"))
+    Ok(Error::new(Kind::WrongExpectedVersion, format!("wrong expected version for stream {stream}"))
         .detail(format!("stream {stream}: expected {wanted}, actual version {actual}"))
         .hint("Reload the stream, decide again and append again."))
 }

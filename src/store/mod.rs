@@ -15,7 +15,7 @@ pub mod redact;
 pub mod state;
 pub mod subscriptions;
 pub mod versioning;
-pub mod webhooks;
+pub mod webhook_queue;
 
 use pgrx::memcxt::PgMemoryContexts;
 use pgrx::pg_sys;

@@ -132,6 +132,6 @@ fn look_for_work(slot: usize) -> Result<Work> {
     Ok::<_, Error>(Work {
         installed: true,
         projections: crate::store::projections::any_async()?,
-        webhooks: crate::store::webhooks::any_endpoint()?,
+        webhooks: crate::store::webhook_queue::any_endpoint()?,
     })
 }

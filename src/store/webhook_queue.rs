@@ -1,11 +1,13 @@
-//! Webhook endpoints, the delivery queue and the attempt log.
+//! Webhook endpoints, queueing deliveries for them, and the statistics of the queue and the
+//! attempt log. The worker's claims and records are in `webhook_delivery.rs`.
 
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use pgrx::{JsonB, Uuid};
 
+use super::Stream;
 use super::plans::{Statement, run};
+use crate::input::NewEvent;
 use crate::cache::Memo;
 use crate::error::{Error, Kind, Result};
 
@@ -35,7 +37,6 @@ macro_rules! queue_select {
     };
 }
 
-const QUEUE_COLUMNS: &str = "delivery_id, tenant_id, endpoint_id, event_id, event_type, transaction_id, global_position, message_id, body";
 
 static ANY_ENDPOINT: Statement = Statement {
     sql: "SELECT EXISTS (SELECT 1 FROM eventstore.webhook_endpoints WHERE enabled)",
@@ -56,15 +57,74 @@ pub fn any_endpoint() -> Result<bool> {
     Ok(*any)
 }
 
-/// Queues the events of the statement's transition table `appended` (the trigger has
-/// registered it with SPI). Not a kept plan: the transition table is new on every statement.
-pub fn queue_appended(client: &mut SpiClient<'_>) -> Result<usize> {
-    let sql = format!(
-        "INSERT INTO eventstore.webhook_deliveries ({QUEUE_COLUMNS}) {}
-         ON CONFLICT (endpoint_id, event_id) DO NOTHING",
-        queue_select!("appended")
-    );
-    Ok(client.update(sql.as_str(), None, &[])?.len())
+/// The enabled endpoints of one tenant, with their filters.
+struct Filter {
+    event_types: Option<Vec<String>>,
+    aggregate_types: Option<Vec<String>>,
+}
+
+static TENANT_ENDPOINTS: Statement = Statement {
+    sql: "SELECT w.event_types, w.aggregate_types FROM eventstore.webhook_endpoints w
+          WHERE w.tenant_id = $1 AND w.enabled",
+    args: &[TEXTOID],
+    volatile: false,
+};
+
+thread_local! {
+    /// tenant -> its enabled endpoints' filters (dropped when any endpoint changes)
+    static TENANT_FILTERS: Memo<String, Vec<Filter>> = Memo::new();
+}
+
+fn filters(tenant: &str) -> Result<std::rc::Rc<Vec<Filter>>> {
+    TENANT_FILTERS.with(|memo| {
+        memo.get(&tenant.to_owned(), || {
+            Spi::connect(|client| {
+                let mut filters = Vec::new();
+                for row in run(client, &TENANT_ENDPOINTS, &[tenant.into()])? {
+                    filters.push(Filter { event_types: row.get(1)?, aggregate_types: row.get(2)? });
+                }
+                Ok(filters)
+            })
+        })
+    })
+}
+
+/// Whether one of the tenant's endpoints wants an event of this type of this aggregate type.
+fn wanted(filters: &[Filter], aggregate_type: &str, event_type: &str) -> bool {
+    filters.iter().any(|f| {
+        f.event_types.as_ref().is_none_or(|t| t.iter().any(|t| t == event_type))
+            && f.aggregate_types.as_ref().is_none_or(|t| t.iter().any(|t| t == aggregate_type))
+    })
+}
+
+static QUEUE_APPENDED: Statement = Statement {
+    sql: concat!(
+        "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
+             transaction_id, global_position, message_id, body) ",
+        queue_select!("(SELECT * FROM eventstore.events WHERE tenant_id = $1 AND event_id = ANY ($2))"),
+        " ON CONFLICT (endpoint_id, event_id) DO NOTHING"
+    ),
+    args: &[TEXTOID, UUIDARRAYOID],
+    volatile: true,
+};
+
+/// Queues the events just appended to `stream` for the tenant's matching enabled endpoints, in
+/// the appending transaction (a rolled-back append queues nothing). The tenant's endpoints are
+/// cached: while none of them wants these events, this runs no statement at all.
+pub fn queue_appended(stream: &Stream, events: &[NewEvent]) -> Result<()> {
+    let filters = filters(&stream.tenant)?;
+    if filters.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = events
+        .iter()
+        .filter(|e| wanted(&filters, &stream.aggregate_type, &e.event_type))
+        .map(|e| Uuid::from_bytes(*e.event_id.as_bytes()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    Spi::connect(|client| run(client, &QUEUE_APPENDED, &[stream.tenant.as_str().into(), ids.into()]).map(drop))
 }
 
 static QUEUE_EVENT: Statement = Statement {
