@@ -3,10 +3,13 @@
 # real hot standby made from it with pg_basebackup -R through a replication slot, both owned by
 # postgres on 127.0.0.1, then the pytest files of this directory against the two. Both servers
 # are stopped at the end, whatever happens.
-# usage: run.sh PRIMARY_PORT STANDBY_PORT   (scripts/test.sh uses 5443 and 5444)
+# usage: run.sh PRIMARY_PORT STANDBY_PORT [pytest arguments, e.g. -k soak]   (scripts/test.sh: 5443 5444)
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+GIVEN_POSTGREST=${POSTGREST:-}
 . "$HERE/../../scripts/lib.sh"
+# the PostgREST of the read-replica test: the one scripts/setup.sh installs, unless one is given
+POSTGREST=${GIVEN_POSTGREST:-$POSTGREST}
 PRIMARY_PORT=${1:?usage: run.sh PRIMARY_PORT STANDBY_PORT}
 STANDBY_PORT=${2:?usage: run.sh PRIMARY_PORT STANDBY_PORT}
 DIR="${REPLICA_DIR:-$ROOT/target/replica}"
@@ -31,6 +34,6 @@ log "replica: hot standby on $STANDBY_PORT (pg_basebackup -R, slot replica_stand
 standby_start "$DIR/standby" "$STANDBY_PORT" "$PRIMARY_PORT" replica_standby \
   "hot_standby_feedback = on" "eventstore.database = '$DATABASE'" "eventstore.worker_poll_interval = 50" "eventstore.webhook_allowed_hosts = '127.0.0.1'" || exit 1
 
-env EVENTSTORE_PRIMARY_PORT="$PRIMARY_PORT" EVENTSTORE_STANDBY_PORT="$STANDBY_PORT" \
+env POSTGREST="$POSTGREST" EVENTSTORE_PRIMARY_PORT="$PRIMARY_PORT" EVENTSTORE_STANDBY_PORT="$STANDBY_PORT" \
     EVENTSTORE_REPLICA_DIR="$DIR" EVENTSTORE_REPLICA_DATABASE="$DATABASE" \
-  "$VENV/bin/pytest" -q -rP -p no:cacheprovider "$HERE"
+  "$VENV/bin/pytest" -q -rP -p no:cacheprovider "$HERE" "${@:3}"
