@@ -166,11 +166,24 @@ class Reader(threading.Thread):
 
 @pytest.mark.parametrize("feedback", ["on", "off"])
 def test_a_standby_reader_sees_every_event_once_in_the_primary_s_order(servers, feedback):
+    set_feedback(servers, feedback)
+    try:
+        soak(servers, feedback)
+    finally:
+        set_feedback(servers, None)
+
+
+def set_feedback(servers, value):
+    """hot_standby_feedback of the standby: `value`, or back to its configuration (None)."""
     s = servers.standby()
-    s.execute(f"ALTER SYSTEM SET hot_standby_feedback = {feedback}")
+    s.execute("ALTER SYSTEM RESET hot_standby_feedback" if value is None else f"ALTER SYSTEM SET hot_standby_feedback = {value}")
     s.execute("SELECT pg_reload_conf()")
-    wait_until(lambda: servers.standby().execute("SHOW hot_standby_feedback").fetchone()["hot_standby_feedback"] == feedback,
+    want = value or "on"
+    wait_until(lambda: servers.standby().execute("SHOW hot_standby_feedback").fetchone()["hot_standby_feedback"] == want,
                what="hot_standby_feedback to change")
+
+
+def soak(servers, feedback):
     tenant = unique("soak")
     stop, book = threading.Event(), Book()
     reader = Reader(tenant)

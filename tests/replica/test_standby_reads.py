@@ -171,9 +171,14 @@ def test_a_long_standby_read_does_not_hold_back_the_primary_s_feed(servers, fill
     is the primary's own running transactions."""
     tenant, _ = filled
     p = servers.primary(tenant=tenant)
+    assert servers.standby().execute("SHOW hot_standby_feedback").fetchone()["hot_standby_feedback"] == "on"
     long_read = servers.standby(tenant=tenant, autocommit=False)
     long_read.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     before = follow(long_read)
+    # the standby's snapshot holds back the primary's vacuum through the slot ...
+    wait_until(lambda: p.execute("SELECT xmin IS NOT NULL AS x FROM pg_replication_slots").fetchone()["x"],
+               what="the standby's feedback to reach the slot")
+    # ... but not the primary's feed
     event = append(p, "order", "fresh", "Placed")
     assert follow(p, before[-1]["cursor"])[-1]["event_id"] == event["event_id"]
     assert follow(long_read, before[-1]["cursor"]) == [], "the standby transaction keeps its snapshot"
