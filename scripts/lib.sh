@@ -49,6 +49,20 @@ cluster_start() {
   env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 
+# A hot standby of the cluster on PRIMARY_PORT, made with pg_basebackup -R (it follows the
+# primary through the replication slot SLOT, created if missing), owned by `postgres`, listening
+# on 127.0.0.1:PORT, with the same settings as cluster_start and the extra lines given.
+# usage: standby_start DIR PORT PRIMARY_PORT SLOT [extra postgresql.conf lines...]
+standby_start() {
+  local dir=$1 port=$2 primary=$3 slot=$4; shift 4
+  mkdir -p "$dir"; chown postgres:postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    runuser -u postgres -- "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir/data" \
+      -R -S "$slot" -C -X stream -c fast >/dev/null || return 1
+  fi
+  cluster_start "$dir" "$port" "hot_standby = on" "$@"
+}
+
 cluster_stop() {
   local dir=$1
   if [ -f "$dir/data/postmaster.pid" ]; then

@@ -9,6 +9,8 @@
 #   postgrest  a real PostgREST 12 in front of the same cluster, driven over HTTP with signed JWTs
 #   upgrade    every frozen earlier release installed, filled and updated: same catalog as a
 #              fresh install, rows kept, the extension goes on from them (tests/upgrade)
+#   replica    a real primary and hot standby: reads, the feed soak, 25006 for writes,
+#              route_api_call unlogged, a PostgREST read replica, promotion (tests/replica)
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -69,6 +71,10 @@ layer postgrest '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
 
 layer upgrade 'upgrade: [0-9]+ passed' 'passed, [0-9]+ failed' \
   bash "$ROOT/tests/upgrade/run.sh" "$TEST_PORT"
+
+# a primary and a hot standby of its own (pg_basebackup -R), on 5443 and 5444, stopped at its end
+layer replica '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
+  env POSTGREST="$POSTGREST" bash "$ROOT/tests/replica/run.sh" 5443 5444
 
 echo
 echo "== summary =="

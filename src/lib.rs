@@ -41,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     cache::init();
     worker::init();
+    versioning::unlogged::init();
 }
 
 /// Hooks for `cargo pgrx test`.

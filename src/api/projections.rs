@@ -65,6 +65,8 @@ fn drop_projection(name: Option<&str>) -> Result<(), ErrorReport> {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn replay_parked_events(name: Option<&str>) -> Result<i64, ErrorReport> {
+    // a write even when nothing is parked: refused on a standby like every other (25006)
+    unsafe { pg_sys::PreventCommandIfReadOnly(c"replay_parked_events()".as_ptr()) };
     let name = input::name("name", name)?;
     let tenant = tenant::current()?;
     if !projections::exists(&tenant, &name)? {
@@ -136,6 +138,11 @@ fn worker_status() -> Result<JsonB, ErrorReport> {
             out["last_error_at"] = serde_json::json!(ts(slot.last_error_at).map(|t| t.to_string()));
             out["backing_off_until"] = serde_json::json!(ts(slot.backing_off_until).map(|t| t.to_string()));
         }
+    }
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        // a hot standby runs no worker (it starts once the standby is promoted)
+        out["standby"] = serde_json::json!(true);
+        out["running"] = serde_json::json!(false);
     }
     let own = projections::status(&tenant::current()?)?;
     let backlog: i64 = own.iter().filter(|p| p.1 == "async").map(|p| p.3).sum();

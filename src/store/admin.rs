@@ -69,6 +69,9 @@ static FEED_LAG: Statement = Statement {
             'blocking_backend', CASE WHEN own.named THEN blocker.backend END,
             'blocking_prepared_transaction', CASE WHEN own.named THEN blocker.prepared END,
             'blocked_by_other_tenant', NOT own.named AND (blocker.backend IS NOT NULL OR blocker.prepared IS NOT NULL))
+            -- on a hot standby the transaction holding the feed back runs on the primary
+            || CASE WHEN pg_is_in_recovery() THEN jsonb_build_object('standby', true,
+                    'last_replayed_at', pg_last_xact_replay_timestamp()) ELSE '{}' END
           FROM h, held, own, blocker",
     args: &[TEXTOID, BOOLOID, OIDOID, OIDOID],
     volatile: true,

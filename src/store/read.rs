@@ -47,7 +47,9 @@ static STREAM_VERSION: Statement = Statement {
 };
 
 /// The feed: only transactions below the snapshot's xmin are final, so only their events are
-/// returned, in (transaction id, position) order, which never changes once returned.
+/// returned, in (transaction id, position) order, which never changes once returned. On a hot
+/// standby the snapshot is built from the primary's transactions as replayed, and an xid below
+/// its xmin has ended there too (tests/replica/test_feed_soak.py).
 static READ_ALL: Statement = Statement {
     sql: concat!(
         "SELECT ROW(",

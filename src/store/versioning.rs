@@ -31,6 +31,7 @@ use crate::json::TransformProgram;
 use crate::versioning::http::{self, RequestHeaders};
 use crate::versioning::route::{self, ApiVersion, Call, Catalog, Plan, Refusal};
 use crate::versioning::semver::Version;
+use crate::versioning::unlogged;
 use crate::{guc, tenant};
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
@@ -620,6 +621,11 @@ pub fn route_call(request: Request<'_>) -> Result<Value> {
     if let Some(deprecation) = deprecation {
         meta["deprecation"] = deprecation;
     }
+    // a standby or a read-only transaction cannot write the log: counted in memory instead
+    let logged = !unlogged::read_only();
+    if !logged {
+        meta["logged"] = json!(false);
+    }
     let (envelope, error_code) = match answer {
         Answer::Data(data) => (json!({"success": true, "data": data, "meta": meta}), None),
         Answer::Refused(r) => (
@@ -628,6 +634,12 @@ pub fn route_call(request: Request<'_>) -> Result<Value> {
         ),
     };
     let rpc_name = request.name.map(str::trim).filter(|n| !n.is_empty()).map(|n| n.chars().take(route::MAX_RPC_CHARS).collect::<String>());
+    if !logged {
+        let version = served.map(|v| v.name.as_str());
+        let call = unlogged::Call { at: now, tenant: &tenant, version, rpc: rpc_name.as_deref(), duration_ms, status };
+        unlogged::count(&call);
+        return Ok(envelope);
+    }
     let requested_at = TimestampWithTimeZone::try_from(now - PG_EPOCH_MICROS).ok();
     Spi::connect(|client| {
         run(client, &LOG_CALL, &[
@@ -855,4 +867,19 @@ pub fn usage(tenant: &str, since: Date, until: Date) -> Result<Vec<UsageRow>> {
         }
         Ok(rows)
     })
+    .map(|rows| with_unlogged(tenant, since, until, rows))
+}
+
+/// The calls of this server that could not be logged, added to the logged ones.
+fn with_unlogged(tenant: &str, since: Date, until: Date, rows: Vec<UsageRow>) -> Vec<UsageRow> {
+    let memory = unlogged::usage(tenant, since.into_inner(), until.into_inner());
+    if memory.is_empty() {
+        return rows;
+    }
+    let mut all: Vec<unlogged::Usage> = rows
+        .into_iter()
+        .map(|r| unlogged::Usage { day: r.0.into_inner(), version: r.1, rpc: r.2, calls: r.3, errors: r.4, avg_ms: r.5, p95_ms: r.6 })
+        .collect();
+    unlogged::merge(&mut all, memory);
+    all.into_iter().map(|u| (Date::saturating_from_raw(u.day), u.version, u.rpc, u.calls, u.errors, u.avg_ms, u.p95_ms)).collect()
 }
