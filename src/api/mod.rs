@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod append;
+pub mod compat;
 pub mod evolution;
 pub mod gdpr;
 pub mod projections;

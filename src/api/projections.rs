@@ -113,7 +113,9 @@ fn worker_status() -> Result<JsonB, ErrorReport> {
     });
     if configured && assigned.is_none() {
         // why not, in words; the launcher is asked to look again
-        let reason = if !runtime::allowed(&database) {
+        let reason = if unsafe { pg_sys::RecoveryInProgress() } {
+            "a hot standby runs no worker; the launcher starts one when it is promoted".to_owned()
+        } else if !runtime::allowed(&database) {
             format!("eventstore.database does not name database \"{database}\"")
         } else if slots::taken() >= crate::guc::max_workers() {
             format!("all eventstore.max_workers ({}) workers serve other databases", crate::guc::max_workers())
