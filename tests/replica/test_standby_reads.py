@@ -146,7 +146,8 @@ def test_no_worker_runs_on_the_standby(servers, filled):
     tenant, _ = filled
     s = servers.standby(tenant=tenant)
     status = s.execute("SELECT eventstore.worker_status() AS w").fetchone()["w"]
-    assert (status["preloaded"], status["served"], status["standby"], status["running"]) == (True, True, True, False)
+    assert (status["preloaded"], status["served"], status["standby"], status["running"]) == (True, False, True, False)
+    assert "hot standby runs no worker" in status["reason"], status
     assert "pid" not in status
     workers = s.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE backend_type = 'eventstore worker'").fetchone()
     assert workers["n"] == 0
