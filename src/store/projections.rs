@@ -143,21 +143,41 @@ pub fn call(client: &SpiClient<'_>, handler: &str, event: pg_sys::Datum) -> Resu
 }
 
 /// Calls a handler with one feed row (an `eventstore.feed_event` datum) as the event it holds.
-pub fn call_feed(client: &SpiClient<'_>, handler: &str, row: pg_sys::Datum) -> Result<()> {
-    let sql = format!(
-        "SELECT {handler}(ROW(f.global_position, f.event_id, f.tenant_id, f.aggregate_type, f.aggregate_id,
-                 f.aggregate_version, f.event_type, f.schema_version, f.payload, f.metadata, f.correlation_id,
-                 f.causation_id, f.actor, f.occurred_at, f.recorded_at, f.transaction_id,
-                 f.redacted_at)::eventstore.event)
-         FROM (SELECT ($1::eventstore.feed_event).*) f"
-    );
+pub fn call_feed(client: &SpiClient<'_>, call: &FeedCall, row: pg_sys::Datum) -> Result<()> {
+    run_dynamic(client, &call.sql, &[PgOid::Custom(call.feed_type)], &[unsafe { pgrx::datum::DatumWithOid::new(row, call.feed_type) }])?;
+    Ok(())
+}
+
+/// Calls the handler for each of `rows`, in order, in one statement.
+pub fn call_feed_many(client: &SpiClient<'_>, call: &FeedCall, rows: &[pg_sys::Datum]) -> Result<()> {
+    let mut elements = rows.to_vec();
+    let array = unsafe {
+        pg_sys::construct_array(elements.as_mut_ptr(), elements.len() as i32, call.feed_type, -1, false, b'd' as std::ffi::c_char)
+    };
+    let datum = pg_sys::Datum::from(array);
+    run_dynamic(client, &call.many_sql, &[PgOid::Custom(call.array_type)], &[unsafe { pgrx::datum::DatumWithOid::new(datum, call.array_type) }])?;
+    Ok(())
+}
+
+/// The statements that pass `eventstore.feed_event`s to a handler as its events, made once
+/// per batch.
+pub struct FeedCall {
+    sql: String,
+    many_sql: String,
+    feed_type: pg_sys::Oid,
+    array_type: pg_sys::Oid,
+}
+
+pub fn feed_call(client: &SpiClient<'_>, handler: &str) -> Result<FeedCall> {
+    let sql = format!(concat!("SELECT {handler}(ROW(", event_columns!(), ")::eventstore.event) FROM (SELECT ($1::eventstore.feed_event).*) e"), handler = handler);
     static FEED_TYPE: Statement = Statement { sql: "SELECT 'eventstore.feed_event'::regtype::oid", args: &[], volatile: false };
     let feed_type = run(client, &FEED_TYPE, &[])?
         .first()
         .get_one::<pg_sys::Oid>()?
         .ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: no type eventstore.feed_event"))?;
-    run_dynamic(client, &sql, &[PgOid::Custom(feed_type)], &[unsafe { pgrx::datum::DatumWithOid::new(row, feed_type) }])?;
-    Ok(())
+    let many_sql = format!(concat!("SELECT {handler}(ROW(", event_columns!(), ")::eventstore.event) FROM unnest($1::eventstore.feed_event[]) e"), handler = handler);
+    let array_type = unsafe { pg_sys::get_array_type(feed_type) };
+    Ok(FeedCall { sql, many_sql, feed_type, array_type })
 }
 
 pub fn event_type_oid(client: &SpiClient<'_>) -> Result<pg_sys::Oid> {

@@ -219,13 +219,31 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
         progress.error = Some(format!("the projection's role cannot call its handler: {why}"));
     }
     let rows: &[_] = if blocked.is_some() { &[] } else { &rows };
-    for (row, problem) in rows.iter().zip(problems) {
+    let call = Spi::connect(|client| projections::feed_call(client, &handler))?;
+    // the whole batch in one statement (so the handler's own plans are made once), in one
+    // subtransaction, as its role once; one subtransaction per event only when that fails, or
+    // when an event is already failing or cannot be read. The failed try counts as one
+    // attempt of the event that then fails on its own.
+    let mut start = 0;
+    let mut tried_together = false;
+    if !rows.is_empty() && progress.failing.is_none() && problems.iter().all(Option::is_none) {
+        let together = subtransaction(|| Spi::connect(|client| as_registrant(claimed.run_as, || projections::call_feed_many(client, &call, rows))));
+        match together {
+            Ok(()) => {
+                progress.checkpoint = feed_fields(rows[rows.len() - 1])?.0;
+                progress.applied = rows.len() as i64;
+                start = rows.len();
+            }
+            Err(_) => tried_together = true,
+        }
+    }
+    for (row, problem) in rows.iter().zip(problems).skip(start) {
         let (cursor, event_id, position) = feed_fields(*row)?;
         // an event that could not be read as its handler expects fails like a handler would
         let outcome = match problem {
             Some(problem) => Err(format!("the event cannot be read: {problem}")),
             None => subtransaction(|| {
-                Spi::connect(|client| as_registrant(claimed.run_as, || projections::call_feed(client, &handler, *row)))
+                Spi::connect(|client| as_registrant(claimed.run_as, || projections::call_feed(client, &call, *row)))
             })
             .map_err(|failure| failure.message),
         };
@@ -239,6 +257,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
             }
             Err(message) => {
                 let attempts = if progress.failing == Some(event_id) { progress.attempts + 1 } else { 1 };
+                let attempts = if std::mem::take(&mut tried_together) { attempts + 1 } else { attempts };
                 progress.error = Some(message.clone());
                 if attempts >= max_attempts {
                     parked.push((event_id, position, message, attempts));
