@@ -641,7 +641,7 @@ pub fn route_call(request: Request<'_>) -> Result<Value> {
         return Ok(envelope);
     }
     let requested_at = TimestampWithTimeZone::try_from(now - PG_EPOCH_MICROS).ok();
-    Spi::connect(|client| {
+    crate::versioning::async_log::write_log(|| Spi::connect(|client| {
         run(client, &LOG_CALL, &[
             pgrx::Uuid::from_bytes(*request_id.as_bytes()).into(),
             tenant.as_str().into(),
@@ -661,7 +661,7 @@ pub fn route_call(request: Request<'_>) -> Result<Value> {
             http::for_log(headers.client_region.as_deref()).into(),
         ])
         .map(|_| ())
-    })?;
+    }))?;
     Ok(envelope)
 }
 

@@ -3,6 +3,7 @@
 //! route_api_call. Tested with plain `#[test]`s; the SQL side is in src/store/versioning.rs.
 //! `unlogged` counts the calls that cannot be logged (read-only, hot standby) in memory.
 
+pub mod async_log;
 pub mod http;
 pub mod route;
 pub mod semver;

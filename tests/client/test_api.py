@@ -644,3 +644,36 @@ def test_log_and_usage_belong_to_the_tenant_in_the_jwt(connect, roles):
     (u,) = admin.execute("SELECT * FROM eventstore.get_api_usage(NULL, NULL)").fetchall()
     assert (u["version"], u["rpc_name"], u["calls"]) == ("1.0", "whoami", 1)
     expect_error("42501", user, "SELECT * FROM eventstore.get_api_usage(NULL, NULL)")
+
+
+# --- the log row's commit ------------------------------------------------------------------
+
+
+def sync_commit(conn):
+    return conn.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"]
+
+
+def test_a_read_only_call_commits_its_log_row_without_waiting_for_the_flush(connect):
+    conn = connect()
+    two_versions(conn)
+    with conn.transaction():
+        assert rpc_in_tx(conn, "echo", {"a": 1}).status == 200
+        # the log row is the transaction's only write: its commit does not wait for WAL
+        assert sync_commit(conn) == "off"
+    assert sync_commit(conn) == "on"
+    assert conn.execute("SELECT count(*) AS n FROM eventstore.api_request_log WHERE rpc_name = 'echo'").fetchone()["n"] == 1
+
+
+def test_a_call_in_a_transaction_that_wrote_before_keeps_a_synchronous_commit(connect):
+    conn = connect()
+    two_versions(conn)
+    route(conn, "place_order", "1.0", "api.place_order(jsonb)")
+    with conn.transaction():
+        conn.execute("INSERT INTO api.orders VALUES (1, 'before')")
+        assert rpc_in_tx(conn, "echo", {"a": 1}).status == 200
+        assert sync_commit(conn) == "on"
+    with conn.transaction():
+        # the handler's own write counts the same
+        assert rpc_in_tx(conn, "place_order", {"id": 2}).status == 200
+        assert sync_commit(conn) == "on"
+    assert conn.execute("SELECT count(*) AS n FROM api.orders").fetchone()["n"] == 2
