@@ -9,12 +9,14 @@ pub mod definitions;
 pub mod handlers;
 pub mod append;
 pub mod plans;
+pub mod projection_batches;
 pub mod projections;
 pub mod read;
 pub mod redact;
 pub mod state;
 pub mod subscriptions;
 pub mod versioning;
+pub mod webhook_delivery;
 pub mod webhook_queue;
 
 use pgrx::memcxt::PgMemoryContexts;

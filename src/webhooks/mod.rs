@@ -1,9 +1,9 @@
-//! Webhooks in the Standard Webhooks format: signing and secrets, address
-//! checks and retry schedules are pure and tested with plain #[test]s; `http` makes one call;
-//! `deliver` is the worker's part: claim, call outside any transaction, record.
+//! Webhooks in the Standard Webhooks format: signing and secrets, address checks and retry
+//! schedules are pure and tested with plain #[test]s; `http` makes one call. The SQL surface is
+//! src/api/webhooks.rs, the statements src/store/webhook_queue.rs and
+//! src/store/webhook_delivery.rs, and the worker's delivery rounds src/worker/delivery.rs.
 
 pub mod address;
-pub mod deliver;
 pub mod http;
 pub mod schedule;
 pub mod signing;

@@ -1,11 +1,12 @@
 //! The background workers, registered only when the library is in `shared_preload_libraries`:
 //! the launcher (`launcher.rs`) starts one worker per database that has eventstore. A worker
 //! sends the notifications appenders left, applies async projections (`projections.rs`) and
-//! delivers webhooks (src/webhooks/deliver.rs); each step is its own short transaction, and a
+//! delivers webhooks (`delivery.rs`); each step is its own short transaction, and a
 //! failing step is logged and recorded, never the end of the loop. SIGHUP reloads the settings,
 //! SIGTERM ends it promptly; the launcher starts it again after it stopped, and a worker that
 //! keeps crashing backs off (`restarts.rs`).
 
+mod delivery;
 mod launcher;
 mod projections;
 mod restarts;
@@ -65,7 +66,7 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     };
     notices::open(slot, database_oid);
     log!("eventstore worker started for database \"{database}\"");
-    crate::webhooks::deliver::release_leases(slot);
+    delivery::release_leases(slot);
     let mut idle = false;
     loop {
         // an idle worker sleeps until a committer wakes it (only then: notices.rs) or the
@@ -91,7 +92,7 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
             break;
         }
         let applied = if work.projections { projections::round(slot) } else { projections::Outcome::default() };
-        let (delivered, more_deliveries) = if work.webhooks { crate::webhooks::deliver::round(slot) } else { (0, false) };
+        let (delivered, more_deliveries) = if work.webhooks { delivery::round(slot) } else { (0, false) };
         slots::ran(slot, applied.applied + delivered);
         idle = !applied.more && !more_deliveries;
     }

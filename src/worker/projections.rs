@@ -4,8 +4,6 @@
 //! that event's writes; after `eventstore.projection_max_attempts` failures the event is parked
 //! and the projection goes on.
 
-
-use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -18,8 +16,8 @@ use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 use crate::guc;
 use crate::store::caller::{as_registrant, subtransaction};
-use crate::store::handlers::{self, handler_name};
-use crate::store::plans::{Statement, run};
+use crate::store::handlers;
+use crate::store::projection_batches::{self as batches, Parked, Saved};
 use crate::store::{projections, read};
 
 /// What one round of the worker did.
@@ -29,72 +27,6 @@ pub struct Outcome {
     /// a batch came back full: there is more to do right away
     pub more: bool,
 }
-
-
-static ASYNC: Statement = Statement {
-    sql: "SELECT p.tenant_id, p.name FROM eventstore.projections p WHERE p.mode = 'async'
-          ORDER BY p.tenant_id, p.name",
-    args: &[],
-    volatile: true,
-};
-
-/// The projection, without a lock: is there anything to do?
-static PEEK: Statement = Statement {
-    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
-                 p.failing_event_id, p.attempts, p.run_as, p.handler::oid
-          FROM eventstore.projections p
-          WHERE p.tenant_id = $1 AND p.name = $2 AND p.mode = 'async'"),
-    args: &[TEXTOID, TEXTOID],
-    volatile: true,
-};
-
-/// The projection, locked for this batch (a rebuild in progress makes the worker skip it).
-static CLAIM: Statement = Statement {
-    sql: concat!("SELECT ", handler_name!("p.handler"), ", p.event_types, p.checkpoint_xid::text, p.checkpoint_position,
-                 p.failing_event_id, p.attempts, p.run_as, p.handler::oid
-          FROM eventstore.projections p
-          WHERE p.tenant_id = $1 AND p.name = $2 AND p.mode = 'async'
-          FOR UPDATE SKIP LOCKED"),
-    args: &[TEXTOID, TEXTOID],
-    volatile: true,
-};
-
-static SET_TENANT: Statement = Statement {
-    sql: "SELECT set_config('eventstore.tenant_id', $1, true)",
-    args: &[TEXTOID],
-    volatile: true,
-};
-
-static SAVE: Statement = Statement {
-    sql: "UPDATE eventstore.projections
-             SET checkpoint_xid = $3::text::xid8, checkpoint_position = $4,
-                 events_applied = events_applied + $5, failing_event_id = $6, attempts = $7,
-                 last_error = coalesce($8, last_error),
-                 last_error_at = CASE WHEN $8 IS NULL THEN last_error_at ELSE statement_timestamp() END,
-                 updated_at = statement_timestamp()
-           WHERE tenant_id = $1 AND name = $2",
-    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, UUIDOID, INT4OID, TEXTOID],
-    volatile: true,
-};
-
-static PARK: Statement = Statement {
-    sql: "INSERT INTO eventstore.parked_events (tenant_id, projection, event_id, global_position, error, attempts)
-          VALUES ($1, $2, $3, $4, $5, $6)
-          ON CONFLICT (tenant_id, projection, event_id) DO UPDATE
-             SET error = excluded.error, attempts = excluded.attempts, parked_at = statement_timestamp()",
-    args: &[TEXTOID, TEXTOID, UUIDOID, INT8OID, TEXTOID, INT4OID],
-    volatile: true,
-};
-
-/// Why a projection's batch failed as a whole (not one of its events), recorded on its row so
-/// that projection_status() shows it while the worker backs off.
-static RECORD_FAILURE: Statement = Statement {
-    sql: "UPDATE eventstore.projections
-             SET last_error = $3, last_error_at = statement_timestamp()
-           WHERE tenant_id = $1 AND name = $2",
-    args: &[TEXTOID, TEXTOID, TEXTOID],
-    volatile: true,
-};
 
 /// Projections whose batches failed as a whole, and when to try again: a failure that belongs
 /// to no single event (the handler is gone, its role cannot run it) waits longer each time, up
@@ -126,16 +58,7 @@ fn failed(key: (String, String)) {
 
 /// One round: a batch for every async projection of every tenant.
 pub fn round(slot: usize) -> Outcome {
-    let list = transaction(slot, "listing projections", || {
-        Spi::connect(|client| {
-            let mut list = Vec::new();
-            for row in run(client, &ASYNC, &[])? {
-                list.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
-            }
-            Ok(list)
-        })
-    })
-    .unwrap_or_default();
+    let list = transaction(slot, "listing projections", batches::async_projections).unwrap_or_default();
     let mut outcome = Outcome::default();
     for (tenant, name) in list {
         let key = (tenant, name);
@@ -158,7 +81,7 @@ pub fn round(slot: usize) -> Outcome {
             }
             Err(message) => {
                 transaction(slot, "recording a projection failure", || {
-                    Spi::connect(|client| run(client, &RECORD_FAILURE, &[tenant.into(), name.into(), message.as_str().into()]).map(|_| ()))
+                    batches::record_failure(tenant, name, &message)
                 });
                 failed(key);
             }
@@ -180,7 +103,7 @@ struct Progress {
 /// An idle projection costs no write and no transaction id: its row is locked (and updated)
 /// only when there are events to apply or its checkpoint can move.
 fn batch(tenant: &str, name: &str) -> Result<Batch> {
-    let Some(seen) = Spi::connect(|client| read_projection(client, &PEEK, tenant, name))? else {
+    let Some(seen) = batches::peek(tenant, name)? else {
         return Ok(Batch::default());
     };
     let size = guc::worker_batch_size();
@@ -192,13 +115,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
     if rows.is_empty() && end <= seen.checkpoint {
         return Ok(Batch::default());
     }
-    let Some(claimed) = Spi::connect(|client| {
-        let claimed = read_projection(client, &CLAIM, tenant, name)?;
-        if claimed.is_some() {
-            run(client, &SET_TENANT, &[tenant.into()])?;
-        }
-        Ok::<_, Error>(claimed)
-    })?
+    let Some(claimed) = batches::claim(tenant, name)?
     else {
         return Ok(Batch::default());
     };
@@ -212,9 +129,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
     let mut parked = Vec::new();
     // the role cannot call the handler at all: no event is at fault, none is counted or
     // parked, and the worker backs off until that is mended
-    let blocked = Spi::connect(|client| {
-        Ok::<_, Error>(run(client, &CANNOT_CALL, &[claimed.run_as.into(), claimed.handler_oid.into()])?.first().get_one::<String>()?)
-    })?;
+    let blocked = batches::cannot_call(claimed.run_as, claimed.handler_oid)?;
     if let Some(why) = &blocked {
         progress.error = Some(format!("the projection's role cannot call its handler: {why}"));
     }
@@ -260,7 +175,7 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
                 let attempts = if std::mem::take(&mut tried_together) { attempts + 1 } else { attempts };
                 progress.error = Some(message.clone());
                 if attempts >= max_attempts {
-                    parked.push((event_id, position, message, attempts));
+                    parked.push(Parked { event_id, position, error: message, attempts });
                     progress.checkpoint = cursor;
                     (progress.failing, progress.attempts) = (None, 0);
                 } else {
@@ -273,28 +188,12 @@ fn batch(tenant: &str, name: &str) -> Result<Batch> {
     if !full && progress.failing.is_none() && progress.error.is_none() && end > progress.checkpoint {
         progress.checkpoint = end;
     }
-    Spi::connect(|client| {
-        for (event_id, position, message, attempts) in &parked {
-            run(client, &PARK, &[
-                tenant.into(),
-                name.into(),
-                (*event_id).into(),
-                (*position).into(),
-                message.as_str().into(),
-                (*attempts).into(),
-            ])?;
-        }
-        run(client, &SAVE, &[
-            tenant.into(),
-            name.into(),
-            progress.checkpoint.transaction_id.to_string().into(),
-            progress.checkpoint.position.into(),
-            progress.applied.into(),
-            progress.failing.into(),
-            progress.attempts.into(),
-            progress.error.clone().into(),
-        ])?;
-        Ok::<_, Error>(())
+    batches::save(tenant, name, &parked, &Saved {
+        checkpoint: progress.checkpoint,
+        applied: progress.applied,
+        failing: progress.failing,
+        attempts: progress.attempts,
+        error: progress.error.as_deref(),
     })?;
     let blocked = blocked.and(progress.error.clone());
     Ok(Batch { applied: progress.applied as u64, full: full && progress.failing.is_none() && blocked.is_none(), blocked })
@@ -308,49 +207,6 @@ struct Batch {
     full: bool,
     /// why it stopped before an event that no event could have passed
     blocked: Option<String>,
-}
-
-/// Why the projection's role ($1) cannot call its handler ($2) whatever the event, or NULL.
-static CANNOT_CALL: Statement = Statement {
-    sql: "SELECT CASE
-                   WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = $1) THEN 'the role no longer exists'
-                   WHEN NOT has_schema_privilege($1, 'eventstore', 'USAGE') THEN 'no USAGE on schema eventstore'
-                   WHEN NOT has_schema_privilege($1, (SELECT p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid = $2), 'USAGE')
-                     THEN 'no USAGE on the schema of the handler'
-                   WHEN NOT has_function_privilege($1, $2, 'EXECUTE') THEN 'no EXECUTE on the handler'
-                 END",
-    args: &[OIDOID, OIDOID],
-    volatile: true,
-};
-
-/// A projection's row as a batch needs it.
-struct Claimed {
-    /// `None` when the function was dropped since the projection was registered
-    handler: Option<String>,
-    handler_oid: Option<pg_sys::Oid>,
-    event_types: Option<Vec<String>>,
-    checkpoint: Cursor,
-    failing: Option<Uuid>,
-    attempts: i32,
-    run_as: pg_sys::Oid,
-}
-
-fn read_projection(client: &pgrx::spi::SpiClient<'_>, stmt: &'static Statement, tenant: &str, name: &str) -> Result<Option<Claimed>> {
-    let table = run(client, stmt, &[tenant.into(), name.into()])?;
-    if table.is_empty() {
-        return Ok(None);
-    }
-    let row = table.first();
-    let xid: String = row.get(3)?.unwrap_or_default();
-    Ok(Some(Claimed {
-        handler: row.get(1)?,
-        handler_oid: row.get(8)?,
-        event_types: row.get(2)?,
-        checkpoint: Cursor { transaction_id: xid.parse().unwrap_or(0), position: row.get(4)?.unwrap_or(0) },
-        failing: row.get(5)?,
-        attempts: row.get(6)?.unwrap_or(0),
-        run_as: row.get(7)?.unwrap_or(pg_sys::InvalidOid),
-    }))
 }
 
 /// The cursor, event id and position of a feed row.

@@ -1,0 +1,181 @@
+//! The worker's part of webhooks: claim the due head of each endpoint's queue in a short
+//! transaction (a lease marks them `delivering`), make the HTTP calls outside any transaction
+//! (endpoints in parallel, at most `eventstore.webhook_max_in_flight`; one endpoint's deliveries
+//! one after another, in event order, stopping at the first failure), and record the outcome in
+//! another short transaction. A crash between the two leaves leases that expire: the delivery
+//! goes out again with the same `webhook-id` (at least once).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pgrx::prelude::*;
+
+use crate::webhooks::http::{self, Reply};
+use crate::webhooks::{schedule, signing};
+use crate::error::Result;
+use crate::guc;
+use crate::store::webhook_delivery::{self, Attempt, Endpoint, Settlement};
+use crate::runtime::transaction;
+
+/// What happened to one claimed delivery.
+struct Outcome {
+    reply: Option<Reply>,
+    attempt_started: i64,
+}
+
+/// At start: the leases of a worker that crashed are released at once (one worker serves a
+/// database, so every lease is a dead worker's), instead of holding the queues until they
+/// expire. Those deliveries go out again with the same webhook-id.
+pub fn release_leases(slot: usize) {
+    transaction(slot, "releasing webhook leases", webhook_delivery::release_leases);
+}
+
+/// One round; returns the deliveries attempted and whether more are waiting.
+pub fn round(slot: usize) -> (u64, bool) {
+    let batch = guc::webhook_batch_size();
+    let Some(endpoints) = transaction(slot, "claiming webhook deliveries", || claim(batch)).flatten() else {
+        return (0, false);
+    };
+    if endpoints.is_empty() {
+        return (0, false);
+    }
+    let outcomes = call_all(&endpoints);
+    let attempted = outcomes.iter().flatten().filter(|o| o.reply.is_some()).count() as u64;
+    let full = endpoints.iter().any(|e| e.queue.len() as i32 == batch);
+    transaction(slot, "recording webhook attempts", || record(&endpoints, &outcomes));
+    (attempted, full)
+}
+
+fn claim(batch: i32) -> Result<Option<Vec<Endpoint>>> {
+    // long enough for every call of the longest queue at the timeout, and some
+    let timeout = guc::webhook_timeout().as_millis() as f64 / 1000.0;
+    webhook_delivery::claim(batch, |longest| timeout * longest as f64 + 30.0)
+}
+
+/// The HTTP calls, outside any transaction; plain Rust threads (they touch nothing of
+/// PostgreSQL), one per endpoint, at most `webhook_max_in_flight` at a time.
+fn call_all(endpoints: &[Endpoint]) -> Vec<Vec<Outcome>> {
+    let agent = agent();
+    let in_flight = guc::webhook_max_in_flight();
+    let mut outcomes = Vec::with_capacity(endpoints.len());
+    for wave in endpoints.chunks(in_flight) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = wave.iter().map(|e| scope.spawn(|| call_endpoint(&agent, e))).collect();
+            for handle in handles {
+                outcomes.push(handle.join().unwrap_or_default());
+            }
+        });
+    }
+    outcomes
+}
+
+thread_local! {
+    /// The HTTP agent, kept across rounds so connections to receivers are reused; made anew
+    /// when its settings change.
+    static AGENT: std::cell::RefCell<Option<((Duration, String), ureq::Agent)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn agent() -> ureq::Agent {
+    let settings = (guc::webhook_timeout(), guc::webhook_allowed_hosts());
+    AGENT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        match &*cell {
+            Some((kept, agent)) if *kept == settings => agent.clone(),
+            _ => {
+                let agent = http::agent(settings.0, settings.1.clone());
+                *cell = Some((settings, agent.clone()));
+                agent
+            }
+        }
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn call_endpoint(agent: &ureq::Agent, endpoint: &Endpoint) -> Vec<Outcome> {
+    let mut out = Vec::with_capacity(endpoint.queue.len());
+    let mut failed = false;
+    for delivery in &endpoint.queue {
+        if failed {
+            // later events wait while an earlier one is being retried
+            out.push(Outcome { reply: None, attempt_started: 0 });
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let timestamp = unix_now();
+        let signature = signing::signature_header(&endpoint.keys, &delivery.message_id, timestamp, &delivery.body);
+        let reply = http::post(agent, &endpoint.url, &delivery.message_id, timestamp, &signature, &delivery.body);
+        failed = !reply.succeeded();
+        out.push(Outcome { reply: Some(reply), attempt_started: timestamp });
+        if let Some(min) = endpoint.min_interval {
+            std::thread::sleep(min.saturating_sub(started.elapsed()));
+        }
+    }
+    out
+}
+
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 8];
+    unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) };
+    (u64::from_le_bytes(bytes) as f64 / u64::MAX as f64) * 2.0 - 1.0
+}
+
+fn record(endpoints: &[Endpoint], outcomes: &[Vec<Outcome>]) -> Result<()> {
+    let mut attempts = Vec::new();
+    let mut settlements = Vec::new();
+    let mut gone = Vec::new();
+    for (endpoint, outcomes) in endpoints.iter().zip(outcomes) {
+        for (delivery, outcome) in endpoint.queue.iter().zip(outcomes) {
+            let Some(reply) = &outcome.reply else {
+                // not attempted: back in the queue as it was
+                settlements.push(Settlement {
+                    delivery_id: delivery.id,
+                    status: "pending",
+                    attempts: delivery.attempts,
+                    delay: None,
+                    status_code: None,
+                    error: None,
+                });
+                continue;
+            };
+            let attempt = delivery.attempts + 1;
+            attempts.push(Attempt {
+                tenant: delivery.tenant.clone(),
+                delivery_id: delivery.id,
+                endpoint_id: endpoint.id,
+                attempt,
+                status_code: reply.status as i32,
+                duration_ms: reply.duration_ms,
+                response_body: reply.body.clone(),
+                error: reply.error.clone(),
+            });
+            let (status, delay) = if reply.succeeded() {
+                ("succeeded", None)
+            } else {
+                if reply.status == 410 {
+                    gone.push(endpoint.id);
+                }
+                let next = schedule::delay(&endpoint.schedule, attempt as usize + 1, jitter());
+                let asked = match reply.status {
+                    429 | 503 => reply.retry_after.as_deref().and_then(|v| schedule::retry_after(v, outcome.attempt_started)),
+                    _ => None,
+                };
+                match (next, asked) {
+                    (None, _) => ("dead", None),
+                    (Some(_), Some(asked)) => ("pending", Some(asked)),
+                    (Some(next), None) => ("pending", Some(next)),
+                }
+            };
+            settlements.push(Settlement {
+                delivery_id: delivery.id,
+                status,
+                attempts: attempt,
+                delay,
+                status_code: Some(reply.status as i32),
+                error: reply.error.clone().or_else(|| (!reply.succeeded()).then(|| format!("HTTP {}", reply.status))),
+            });
+        }
+    }
+    webhook_delivery::record(&attempts, &settlements, &gone)
+}
