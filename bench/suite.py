@@ -266,6 +266,7 @@ def reads_feed(res):
     conn.execute(f"INSERT INTO bench.raw_events SELECT {RAW_COLUMNS} FROM eventstore.events ORDER BY global_position")
     total = conn.execute("SELECT count(*) FROM eventstore.events").fetchone()[0]
     res["feed_events"] = total
+    res["feed_batches"] = streams
     for state in ("never analyzed", "analyzed"):
         if state == "analyzed":
             conn.execute("ANALYZE eventstore.events, eventstore.streams, bench.raw_events")
@@ -274,6 +275,7 @@ def reads_feed(res):
         checkpoint()
         runs = {"read_all": [], "raw": []}
         cpu = {"read_all": [], "raw": []}
+        others = []
         for rnd in range(ROUNDS):
             order = ["read_all", "raw"] if rnd % 2 == 0 else ["raw", "read_all"]
             for kind in order:
@@ -284,12 +286,13 @@ def reads_feed(res):
                 foreign, server_us = m.account(n)
                 runs[kind].append(n / secs)
                 cpu[kind].append(server_us)
+                others.append(foreign)
                 log(f"  feed {state:15s} {kind:9s} {n / secs:12,.0f} events/s  {server_us} server CPU us/event (others {foreign}%)")
         res.setdefault("feed", []).append(dict(
             state=state, statistics_rows=stats,
             read_all=median(runs["read_all"]), raw=median(runs["raw"]),
             read_all_runs=runs["read_all"], raw_runs=runs["raw"],
-            read_all_cpu=median(cpu["read_all"]), raw_cpu=median(cpu["raw"]),
+            read_all_cpu=median(cpu["read_all"]), raw_cpu=median(cpu["raw"]), foreign_pct=median(others),
             plan=[r[0] for r in conn.execute(
                 "EXPLAIN SELECT * FROM eventstore.events e WHERE e.tenant_id = 'default' "
                 "AND (e.transaction_id, e.global_position) > ('0'::xid8, 0) "
@@ -297,13 +300,15 @@ def reads_feed(res):
                 "ORDER BY e.transaction_id, e.global_position LIMIT 1000")]))
 
     # server cost per event: 1000 events of one stream, and the first 1000 of the feed
+    # count(x) of the whole row, so that every column is formed (count(*) would let the planner
+    # drop the raw subquery's unused columns)
     q = {
-        "read_stream": ("SELECT count(*) FROM eventstore.read_stream('feed', '1', max_count => 1000)", ()),
-        "read_all": ("SELECT count(*) FROM eventstore.read_all(max_count => 1000)", ()),
-        "raw stream SELECT": (f"SELECT count(*) FROM (SELECT {RAW_COLUMNS} FROM bench.raw_events WHERE tenant_id = 'default' "
-                              "AND aggregate_type = 'feed' AND aggregate_id = '1' ORDER BY aggregate_version LIMIT 1000) s", ()),
-        "raw feed SELECT": (f"SELECT count(*) FROM (SELECT {RAW_COLUMNS} FROM bench.raw_events WHERE tenant_id = 'default' "
-                            "AND (transaction_id, global_position) > ('0'::xid8, 0) ORDER BY transaction_id, global_position LIMIT 1000) s", ()),
+        "read_stream": ("SELECT count(x) FROM eventstore.read_stream('feed', '1', max_count => 1000) x", ()),
+        "read_all": ("SELECT count(x) FROM eventstore.read_all(max_count => 1000) x", ()),
+        "raw stream SELECT": (f"SELECT count(x) FROM (SELECT {RAW_COLUMNS} FROM bench.raw_events WHERE tenant_id = 'default' "
+                              "AND aggregate_type = 'feed' AND aggregate_id = '1' ORDER BY aggregate_version LIMIT 1000) x", ()),
+        "raw feed SELECT": (f"SELECT count(x) FROM (SELECT {RAW_COLUMNS} FROM bench.raw_events WHERE tenant_id = 'default' "
+                            "AND (transaction_id, global_position) > ('0'::xid8, 0) ORDER BY transaction_id, global_position LIMIT 1000) x", ()),
     }
     res["server_us_per_event"] = {k: explain_ms(conn, sql, args, runs=7) * 1000 / 1000 for k, (sql, args) in q.items()}
     log(f"  server µs/event: {res['server_us_per_event']}")
@@ -496,7 +501,7 @@ def run_emmett():
         c.execute("DROP DATABASE IF EXISTS bench_emmett")
         c.execute("CREATE DATABASE bench_emmett")
     seconds = max(3, SECS)
-    res = {"versions": versions, "seconds": seconds, "pool": CLIENTS, "runs": []}
+    res = {"versions": versions, "seconds": seconds, "pool": CLIENTS, "rounds": ROUNDS, "runs": []}
     base = f"postgresql://postgres@127.0.0.1:{PORT}"
     urls = {"emmett": f"{base}/bench_emmett", "eventstore": f"{base}/bench_es"}
 
@@ -546,6 +551,19 @@ def waits_text(waits):
     return ", ".join(f"`{k}` {v}%" for k, v in waits) if waits else "–"
 
 
+def others_pct(part, data):
+    xs = []
+    if part == "growth":
+        for e in data["sizes"]:
+            xs += [r.get("foreign_pct") for k in ("raw", "append", "state") for r in e[k]]
+    elif part == "emmett":
+        xs = [r.get("foreign_pct") for r in data["runs"]]
+    elif part == "reads":
+        xs = [f.get("foreign_pct") for f in data.get("feed", [])]
+    m = median(xs)
+    return "–" if m is None else f"{m:.0f}% (max {max(x for x in xs if x is not None):.0f}%)"
+
+
 def report(results_dir, readme):
     d = os.path.join(results_dir, "suite")
     parts = {}
@@ -566,7 +584,9 @@ def report(results_dir, readme):
     w("")
     w(f"Command: `{ENV.get('BENCH_COMMAND') or meta.get('command', 'bash bench/run.sh')}` — same cluster and settings "
       f"as above; raw results in `bench/results/{os.path.basename(os.path.normpath(results_dir))}/suite/`. "
-      f"Load average after each part: " + ", ".join(f"{k} {v['loadavg_after']} ({v['date']})" for k, v in parts.items()) + ".")
+      f"Load average after each part: " + ", ".join(f"{k} {v['loadavg_after']} ({v['date']})" for k, v in parts.items()) + ". "
+      "CPU taken by other processes (not this cluster, not the benchmark's clients), median over the part's runs: "
+      + ", ".join(f"{k} {others_pct(k, v)}" for k, v in parts.items()) + ".")
     w("")
     g = parts.get("growth")
     if g:
@@ -602,7 +622,7 @@ def report(results_dir, readme):
     if r:
         w("### Reads")
         w("")
-        w(f"The feed: {r['feed_events']:,} events (200 per-stream batches of 1000, one transaction each) in a fresh "
+        w(f"The feed: {r['feed_events']:,} events ({r.get('feed_batches', '?')} batches of 1000 events, one stream and transaction each) in a fresh "
           "database `bench_reads`, copied into `bench.raw_events` (`LIKE eventstore.events INCLUDING ALL`). "
           "Read whole, page by page (1000 rows), through psycopg from Python: `read_all(after => cursor)` "
           "against a keyset `SELECT` of the same 17 columns on `(transaction_id, global_position)` "
@@ -662,7 +682,7 @@ def report(results_dir, readme):
           "1000 streams of 20 events and one stream of 1000. Single: one event per call on a random stream of 1000; "
           "batch: 100 events per call; read stream: the 1000-event stream whole; global feed: each worker reads the "
           "whole feed from the start in pages of 1000 (Emmett: `readMessagesBatch`, as its consumers do). "
-          f"Median over {ROUNDS if ROUNDS else 1} round(s), order alternating.")
+          f"Median over {e.get('rounds', 1)} round(s), order alternating.")
         w("")
         w("| operation | Emmett events/s | eventstore events/s | eventstore × Emmett | before | target | server CPU µs/event Emmett / eventstore | eventstore top waits |")
         w("|---|---:|---:|---:|---:|---|---:|---|")
