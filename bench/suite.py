@@ -353,13 +353,24 @@ def reads_projection(res):
     n = streams * (n // streams)
     conn.execute("VACUUM ANALYZE eventstore.events, eventstore.streams")
     checkpoint()
+    # a worker that is backing off after an error would make this measure its pause
+    waited = time.time()
+    while True:
+        ws0 = conn.execute("SELECT eventstore.worker_status()").fetchone()[0]
+        until = conn.execute("SELECT %s::timestamptz > now()", (ws0.get("backing_off_until"),)).fetchone()[0]
+        if not until or time.time() - waited > 90:
+            break
+        time.sleep(0.5)
+    waited = time.time() - waited
     with Measure("bench_es") as m:
         conn.execute("SELECT eventstore.register_projection('counts', 'bench.count_it(eventstore.event)', ARRAY['Projected'])")
         while conn.execute("SELECT count(*) FROM bench.proj_seen").fetchone()[0] < n:
             if time.time() - m.t0 > 600:
                 raise RuntimeError("the projection did not catch up in 10 minutes")
             time.sleep(0.01)
-    foreign, server_us = m.account(n, client=False)
+    foreign, server_us = m.account(n)
+    ws1 = conn.execute("SELECT eventstore.worker_status()").fetchone()[0]
+    status = conn.execute("SELECT row_to_json(p)::jsonb FROM eventstore.projection_status() p WHERE name = 'counts'").fetchone()
     # baselines: the handler's INSERTs as one statement, and the handler called once per event
     # from one statement (what the worker does minus its own machinery)
     t = time.perf_counter()
@@ -370,7 +381,9 @@ def reads_projection(res):
                  "WHERE event_type = 'Projected'")
     calls_s = time.perf_counter() - t
     res["projection"] = dict(events=n, seconds=m.seconds, events_per_s=n / m.seconds, server_cpu_us=server_us,
-                             foreign_pct=foreign, one_statement_per_s=n / direct_s, handler_calls_per_s=n / calls_s)
+                             foreign_pct=foreign, one_statement_per_s=n / direct_s, handler_calls_per_s=n / calls_s,
+                             waited_for_backoff_s=waited, worker_before=ws0, worker_after=ws1,
+                             projection_status=status[0] if status else None)
     log(f"  projection: {n / m.seconds:,.0f} events/s (one INSERT ... SELECT: {n / direct_s:,.0f}/s, "
         f"handler per event in one statement: {n / calls_s:,.0f}/s)")
     conn.execute("SELECT eventstore.drop_projection('counts')")
@@ -661,6 +674,12 @@ def report(results_dir, readme):
           f"{fmt(j['server_cpu_us'], 1)} µs of server CPU per event. Baselines in the same run: the same INSERTs as one "
           f"`INSERT … SELECT` {fmt(j['one_statement_per_s'])} rows/s; the handler called once per event from one "
           f"statement {fmt(j['handler_calls_per_s'])} events/s.")
+        wb, wa = j.get("worker_before") or {}, j.get("worker_after") or {}
+        if j.get("waited_for_backoff_s", 0) > 1 or wa.get("errors") != wb.get("errors") or wb.get("last_error"):
+            w("")
+            w(f"The worker before: errors {wb.get('errors')}, last error `{wb.get('last_error')}` at {wb.get('last_error_at')}, "
+              f"backing off until {wb.get('backing_off_until')} (waited {j.get('waited_for_backoff_s', 0):.0f} s for it); "
+              f"after: errors {wa.get('errors')}, last error `{wa.get('last_error')}`.")
         w("")
         a = r["api"]
         w(f"route_api_call (defaults: logged `api_request_log`, synchronous_commit on; one pgbench client, "
