@@ -15,6 +15,17 @@
 #   BENCH_RETRIES=2    CPU is repeated, at most BENCH_RETRIES times (the least disturbed attempt counts)
 #   BENCH_INSTALL=1    0 skips scripts/setup.sh and the build: benchmarks the eventstore that
 #                      is installed already (the README then says so)
+#   BENCH_ONLY=all     comma-separated parts to run (default all of them):
+#                      writes      raw / eventstore / Message DB, async and sync, batches, diagnostics
+#                      situations  append_event in the situations of the issue-13 table, each
+#                                  beside raw INSERT in the same round (bench/sql/situation_*.sql)
+#                      growth      append throughput and get_aggregate_state at 10^5 .. 10^7 events
+#                      reads       read_all vs raw SELECT (analyzed or not), read_stream, replay,
+#                                  async projection, route_api_call (bench/suite.py)
+#                      emmett      Emmett 0.42 vs eventstore from Node, same pool (bench/emmett/)
+#   BENCH_GROWTH_MAX=10000000  largest store of the growth curve (10^5, 10^6, ... up to it)
+#   BENCH_SCALE=1      scales the sizes of the reads and emmett parts (0.2 for a quick run)
+#   BENCH_PORT=5442    port of the throwaway cluster
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 
@@ -25,10 +36,18 @@ DIAG=${BENCH_DIAG:-1}
 INSTALL=${BENCH_INSTALL:-1}
 MAX_OTHER=${BENCH_MAX_OTHER:-15}
 RETRIES=${BENCH_RETRIES:-2}
+ONLY=${BENCH_ONLY:-all}
+[ "$ONLY" = all ] && ONLY=writes,situations,growth,reads,emmett
+part() { [[ ",$ONLY," == *",$1,"* ]]; }
+for p in ${ONLY//,/ }; do
+  case $p in writes|situations|growth|reads|emmett) ;; *) echo "BENCH_ONLY: unknown part $p" >&2; exit 2 ;; esac
+done
+export BENCH_GROWTH_MAX=${BENCH_GROWTH_MAX:-10000000}
+export BENCH_SCALE=${BENCH_SCALE:-1}
 CLIENTS=8
 THREADS=2
 STREAMS=1000   # also hard-wired as random(1, 1000) in the workloads and in the seed
-PORT=5442
+PORT=${BENCH_PORT:-5442}
 DIR="$ROOT/target/bench-cluster"
 MESSAGE_DB_VERSION=1.3.1
 # ~110 bytes of JSON, the same for every system and workload
@@ -44,9 +63,11 @@ SETTINGS=(
   "autovacuum = off"
   # as a deployment would: eventstore's background worker serves the benchmark's database
   "eventstore.database = 'bench_es'"
+  # webhook endpoints of the situations part point at a receiver on 127.0.0.1
+  "eventstore.webhook_allowed_hosts = '127.0.0.1'"
 )
 
-for v in SECS ROUNDS DIAG INSTALL MAX_OTHER RETRIES; do
+for v in SECS ROUNDS DIAG INSTALL MAX_OTHER RETRIES PORT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "BENCH_${v/SECS/SECONDS} must be a whole number" >&2; exit 2; }
 done
 command=""
@@ -56,6 +77,10 @@ command=""
 [ -n "${BENCH_INSTALL:-}" ] && command+="BENCH_INSTALL=$INSTALL "
 [ -n "${BENCH_MAX_OTHER:-}" ] && command+="BENCH_MAX_OTHER=$MAX_OTHER "
 [ -n "${BENCH_RETRIES:-}" ] && command+="BENCH_RETRIES=$RETRIES "
+[ -n "${BENCH_ONLY:-}" ] && command+="BENCH_ONLY=$BENCH_ONLY "
+[ "$BENCH_GROWTH_MAX" != 10000000 ] && command+="BENCH_GROWTH_MAX=$BENCH_GROWTH_MAX "
+[ "$BENCH_SCALE" != 1 ] && command+="BENCH_SCALE=$BENCH_SCALE "
+[ -n "${BENCH_PORT:-}" ] && command+="BENCH_PORT=$PORT "
 command+="bash bench/run.sh"
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -72,7 +97,9 @@ fi
 
 MDB="$BENCH/.npm/node_modules/@eventide/message-db/database"
 mdb_installed() { sed -n 's/^ *"version": "\(.*\)",$/\1/p' "$MDB/../package.json" 2>/dev/null; }
-if [ "$(mdb_installed)" != "$MESSAGE_DB_VERSION" ]; then
+PGBENCH_PARTS=0
+{ part writes || part situations; } && PGBENCH_PARTS=1
+if [ "$PGBENCH_PARTS" = 1 ] && [ "$(mdb_installed)" != "$MESSAGE_DB_VERSION" ]; then
   if ! command -v npm >/dev/null; then
     log "installing npm (Debian package) to fetch Message DB"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -88,14 +115,24 @@ log "fresh cluster in $DIR on port $PORT"
 cluster_stop "$DIR"
 rm -rf "$DIR"
 cluster_start "$DIR" "$PORT" "${SETTINGS[@]}"
-trap 'cluster_stop "$DIR"' EXIT
+RECEIVER=""
+trap '[ -z "$RECEIVER" ] || kill "$RECEIVER" 2>/dev/null; cluster_stop "$DIR"' EXIT
 PMPID=$(head -1 "$DIR/data/postmaster.pid")
 
 PSQL=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 export PGOPTIONS='-c client_min_messages=warning'
 
-# a file with @PAYLOAD@ filled in, kept with the results
-fill() { local text; text=$(<"$1"); printf '%s\n' "${text//@PAYLOAD@/$PAYLOAD}" > "$2"; }
+# the webhook receiver of the situations part (answers 204 to every POST; port in a file)
+HOOK_PORT=0
+if part situations; then
+  python3 "$BENCH/tool.py" receiver "$OUT/receiver.port" "$OUT/receiver.count" 2>"$OUT/receiver.log" &
+  RECEIVER=$!
+  for _ in $(seq 1 50); do [ -s "$OUT/receiver.port" ] && break; sleep 0.1; done
+  HOOK_PORT=$(cat "$OUT/receiver.port")
+fi
+
+# a file with @PAYLOAD@ (and @HOOK_PORT@) filled in, kept with the results
+fill() { local text; text=$(<"$1"); text=${text//@HOOK_PORT@/$HOOK_PORT}; printf '%s\n' "${text//@PAYLOAD@/$PAYLOAD}" > "$2"; }
 for f in "$BENCH"/workloads/*.sql "$BENCH"/sql/*.sql; do fill "$f" "$OUT/workloads/$(basename "$f")"; done
 W="$OUT/workloads"
 
@@ -111,6 +148,14 @@ done
 [ "$("${PSQL[@]}" -d postgres -At -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventstore worker' AND datname = 'bench_es'")" = 1 ] \
   || log "warning: no eventstore worker serves bench_es; appends send their own NOTIFY"
 
+if part situations; then
+  # a database that eventstore.database does not name: no worker serves it
+  log "database bench_unserved: eventstore, no worker"
+  "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench_unserved"
+  "${PSQL[@]}" -d bench_unserved -f "$W/eventstore_db.sql"
+fi
+
+if [ "$PGBENCH_PARTS" = 1 ]; then
 # As database/install.sh of the npm package does it (role, database, schema, pgcrypto, table,
 # then install-functions.sh, install-indexes.sh, install-views.sh, install-privileges.sh).
 log "database message_store: Message DB $(mdb_installed)"
@@ -130,6 +175,7 @@ for f in schema/message-store.sql extensions/pgcrypto.sql tables/messages.sql ty
 done
 # Message DB's functions name their objects unqualified; its clients run with this search path.
 "${PSQL[@]}" -d message_store -c "ALTER DATABASE message_store SET search_path = message_store, public"
+fi
 
 server_version=$("${PSQL[@]}" -d postgres -At -c "SELECT version()")
 git_rev=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src sql Cargo.toml eventstore.control || echo "+uncommitted changes")
@@ -144,7 +190,7 @@ cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
   printf 'server\t%s\n' "$server_version"
   printf 'pgbench\t%s\n' "$("$PG_BIN/pgbench" --version)"
   printf 'eventstore\t%s\n' "$git_rev"
-  printf 'message_db\t%s\n' "$(mdb_installed) (schema version $(cat "$MDB/VERSION.txt"))"
+  printf 'message_db\t%s\n' "$(mdb_installed) (schema version $(cat "$MDB/VERSION.txt" 2>/dev/null))"
   printf 'seconds\t%s\n' "$SECS"
   printf 'rounds\t%s\n' "$ROUNDS"
   printf 'max_other\t%s\n' "$MAX_OTHER"
@@ -161,11 +207,16 @@ cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 } > "$OUT/meta.tsv"
 
 # system -> database, reset script, table that receives the events
-db_of()    { case $1 in messagedb) echo message_store ;; *) echo bench_es ;; esac; }
-reset_of() { case $1 in raw|raw+stream|plpgsql|plpgsql+notify) echo reset_raw.sql ;; eventstore) echo reset_eventstore.sql ;; messagedb) echo reset_messagedb.sql ;; *) echo "" ;; esac; }
-table_of() { case $1 in raw|raw+stream|plpgsql|plpgsql+notify) echo bench.raw_events ;; eventstore) echo eventstore.events ;; messagedb) echo message_store.messages ;; *) echo "" ;; esac; }
+# The situations (es-*) are eventstore.append_event with one thing defined (bench/sql/situation_*.sql,
+# run after the reset) or in a database that no worker serves.
+db_of()    { case $1 in messagedb) echo message_store ;; es-unserved) echo bench_unserved ;; *) echo bench_es ;; esac; }
+reset_of() { case $1 in raw|raw+stream|plpgsql|plpgsql+notify) echo reset_raw.sql ;; eventstore|es-*) echo reset_eventstore.sql ;; messagedb) echo reset_messagedb.sql ;; *) echo "" ;; esac; }
+setup_of() { case $1 in es-hook-other) echo situation_hook_other.sql ;; es-hook-match) echo situation_hook_match.sql ;; es-snapshot) echo situation_snapshot.sql ;; es-inline) echo situation_inline.sql ;; *) echo "" ;; esac; }
+# where the rows written go; with a matching webhook endpoint: the delivery rows (one per event)
+table_of() { case $1 in raw|raw+stream|plpgsql|plpgsql+notify) echo bench.raw_events ;; eventstore|es-unserved|es-hook-other|es-snapshot|es-inline) echo eventstore.events ;; es-hook-match) echo eventstore.webhook_deliveries ;; messagedb) echo message_store.messages ;; *) echo "" ;; esac; }
 script_of() { # workload system
   case $1:$2 in
+    single:es-*) echo single_eventstore.sql ;;
     single:raw) echo single_raw.sql ;; single:eventstore) echo single_eventstore.sql ;;
     single:messagedb) echo single_messagedb.sql ;; single:raw+stream) echo single_rawstream.sql ;;
     single:plpgsql) echo single_plpgsql.sql ;; single:plpgsql+notify) echo single_plpgsql_notify.sql ;;
@@ -193,6 +244,7 @@ run_one() {
     local at="$OUT/logs/$tag.a$attempt" before=0 after load cpu0 cpu1 t0 t1
     if [ -n "$reset" ]; then
       "${PSQL[@]}" -d "$db" -f "$W/$reset" >/dev/null
+      [ -z "$(setup_of "$system")" ] || "${PSQL[@]}" -d "$db" -f "$W/$(setup_of "$system")" >/dev/null
       before=$(count_rows "$system")
     fi
     "${PSQL[@]}" -d postgres -c CHECKPOINT
@@ -243,21 +295,36 @@ run_one() {
 # each round runs every system once per workload, rotating who goes first
 rotate() { local n=$1; shift; local a=("$@"); local k=$(( n % ${#a[@]} )); echo "${a[@]:k}" "${a[@]:0:k}"; }
 single_async=(raw eventstore messagedb)
-[ "$DIAG" != 0 ] && single_async+=(raw+stream plpgsql plpgsql+notify select1)
-single_sync=(raw eventstore messagedb)
-batch=(raw eventstore)
+part situations && single_async+=(es-unserved es-hook-other es-hook-match es-snapshot es-inline)
+part writes && [ "$DIAG" != 0 ] && single_async+=(raw+stream plpgsql plpgsql+notify select1)
+single_sync=(raw eventstore)
+part writes && single_sync+=(messagedb)
+batch=()
+part writes && batch+=(raw eventstore)
+if [ "$PGBENCH_PARTS" = 1 ]; then
 log "benchmark: $ROUNDS rounds x $(( ${#single_async[@]} + ${#single_sync[@]} + ${#batch[@]} )) runs of ${SECS}s ($CLIENTS clients, $THREADS threads)"
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round/$ROUNDS"
   for s in $(rotate $((round - 1)) "${single_async[@]}"); do run_one single off "$s" "$round"; done
   for s in $(rotate $((round - 1)) "${single_sync[@]}"); do run_one single on "$s" "$round"; done
-  for s in $(rotate $((round - 1)) "${batch[@]}"); do run_one batch on "$s" "$round"; done
+  [ ${#batch[@]} = 0 ] || for s in $(rotate $((round - 1)) "${batch[@]}"); do run_one batch on "$s" "$round"; done
 done
+fi
 
 {
   printf 'loadavg_after\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf 'elapsed_seconds\t%s\n' "$(( $(date +%s) - started ))"
 } >> "$OUT/meta.tsv"
 ln -sfn "$STAMP" "$BENCH/results/latest"
-python3 "$BENCH/tool.py" report "$OUT" "$BENCH/README.md"
+[ "$PGBENCH_PARTS" = 0 ] || python3 "$BENCH/tool.py" report "$OUT" "$BENCH/README.md"
+
+# growth, reads and emmett: bench/suite.py on the same cluster, its own section of the README
+suite_parts=()
+for p in growth reads emmett; do part "$p" && suite_parts+=("$p"); done
+if [ ${#suite_parts[@]} -gt 0 ]; then
+  BENCH_PORT=$PORT BENCH_OUT="$OUT" BENCH_PMPID=$PMPID BENCH_SECONDS=$SECS BENCH_ROUNDS=$ROUNDS \
+    BENCH_COMMAND="$command" BENCH_MAX_OTHER=$MAX_OTHER \
+    "$VENV/bin/python" "$BENCH/suite.py" "${suite_parts[@]}"
+  "$VENV/bin/python" "$BENCH/suite.py" report "$OUT" "$BENCH/README.md"
+fi
 log "results in bench/results/$STAMP, summary in bench/README.md ($(( $(date +%s) - started ))s)"

@@ -6,6 +6,8 @@
                                         % of the machine's CPU used by others during a run, and
                                         CPU µs per transaction of the server and of pgbench
   tool.py report RESULTS_DIR README     regenerate README below its hand-written intro
+  tool.py receiver PORT_FILE COUNT_FILE a webhook receiver on 127.0.0.1 (204 to every POST); writes
+                                        its port, and on SIGTERM the number of requests it got
 """
 import csv
 import os
@@ -69,7 +71,27 @@ SYSTEM_NAMES = {
     "plpgsql": "append_event's 2 statements in PL/pgSQL (diagnostic)",
     "plpgsql+notify": "the same + NOTIFY per transaction (diagnostic)",
     "select1": "`SELECT 1` (diagnostic)",
+    "es-unserved": "eventstore, database no worker serves",
+    "es-hook-other": "eventstore, webhook endpoint of another tenant",
+    "es-hook-match": "eventstore, every event matches an endpoint",
+    "es-snapshot": "eventstore, snapshot_every => 100",
+    "es-inline": "eventstore, inline projection for another type",
 }
+ALL_SYSTEMS = ["raw", "eventstore", "messagedb", "es-unserved", "es-hook-other", "es-hook-match",
+               "es-snapshot", "es-inline", "raw+stream", "plpgsql", "plpgsql+notify", "select1"]
+# The situations table of issue 13: (title, workload, commit, system, issue's × raw, target)
+# target: (minimum, against) with against "raw" (× raw INSERT, same commit mode), "clean"
+# (× eventstore in the clean case) or "messagedb" (eventstore × Message DB); None: no target.
+SITUATIONS = [
+    ("database served by the worker, nothing else defined (clean)", "single", "off", "eventstore", 0.39, (0.8, "raw")),
+    ("database not named in `eventstore.database` (no worker)", "single", "off", "es-unserved", 0.28, None),
+    ("one webhook endpoint, in another tenant, for another event type", "single", "off", "es-hook-other", 0.14, (0.95, "clean")),
+    ("every event matches an endpoint (one delivery row per append)", "single", "off", "es-hook-match", None, (0.7, "clean")),
+    ("`snapshot_every => 100` on the aggregate type", "single", "off", "es-snapshot", 0.45, None),
+    ("an inline projection for another event type", "single", "off", "es-inline", 0.43, None),
+    ("synchronous_commit on (raw INSERT with sync commit too)", "single", "on", "eventstore", None, (0.9, "raw")),
+    ("Message DB `write_message` (target: eventstore ≥ 3× it)", "single", "off", "messagedb", 0.21, (3.0, "messagedb")),
+]
 WORKLOADS = [  # (workload, commit, title)
     ("single", "off", "1 event/tx, synchronous_commit=off"),
     ("single", "on", "1 event/tx, synchronous_commit=on"),
@@ -85,6 +107,76 @@ TARGETS = [  # (title, workload, commit, against, minimum)
 
 def fmt_int(x):
     return f"{x:,.0f}".replace(",", " ")
+
+
+def top_waits(results_dir, workload, commit, system, rounds, n=3):
+    counts = {}
+    for rnd in rounds:
+        path = os.path.join(results_dir, "logs", f"{workload}-{commit}-{system}-r{rnd}.waits")
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    line = line.strip()
+                    if line:
+                        counts[line] = counts.get(line, 0) + 1
+    total = sum(counts.values())
+    if not total:
+        return "–"
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"`{k}` {100 * v / total:.0f}%" for k, v in top)
+
+
+def situations(w, by, med, ratio, results_dir):
+    """The situations table of issue 13, when the situations part ran."""
+    if not any(k[2].startswith("es-") for k in by):
+        return
+    w("### Situations (issue 13)")
+    w("")
+    w("`eventstore.append_event`, 1 event per transaction, each situation beside raw INSERT in the "
+      "same rounds (median TPS over rounds; `× raw` = situation / raw INSERT with the same "
+      "`synchronous_commit`, `× clean` = situation / eventstore with nothing defined). *before* is "
+      "the figure the issue reported. *CPU* is the server CPU per event (all server processes), "
+      "*waits* the top states of the benchmark's backends.")
+    w("")
+    w("| situation | events/s | × raw INSERT | × clean | before (× raw) | target | result | server CPU µs/event | top waits |")
+    w("|---|---:|---:|---:|---:|---|---|---:|---|")
+    for title, workload, commit, system, before, target in SITUATIONS:
+        rs = by.get((workload, commit, system))
+        if not rs:
+            w(f"| {title} | – | – | – | {before if before is not None else '–'} | – | not run | – | – |")
+            continue
+        vr = ratio(workload, commit, system, "raw")
+        vc = ratio(workload, commit, system, "eventstore")
+        cpu = statistics.median(float(r["server_cpu_us_per_tx"]) for r in rs)
+        result, target_text = "–", "–"
+        if target:
+            minimum, against = target
+            if against == "raw":
+                got, target_text = vr, f"≥ {minimum}× raw"
+            elif against == "clean":
+                got, target_text = vc, f"≥ {minimum}× clean"
+            else:
+                m = ratio("single", "off", "eventstore", "messagedb")
+                got, target_text = m, f"eventstore ≥ {minimum}× it (now {m:.2f}×)" if m else f"≥ {minimum}×"
+            result = "–" if got is None else ("**met**" if got >= minimum else "**missed**")
+        raw_eps = med.get((workload, commit, "raw"))
+        w(f"| {title} | {fmt_int(med[(workload, commit, system)])} | {f'{vr:.2f}' if vr else '–'} | "
+          f"{f'{vc:.2f}' if vc and system != 'messagedb' else '–'} | {before if before is not None else '–'} | "
+          f"{target_text} | {result} | {cpu:.1f} | "
+          f"{top_waits(results_dir, workload, commit, system, [r['round'] for r in rs])} |")
+    for commit in ("off", "on"):
+        rs = by.get(("single", commit, "raw"))
+        if rs:
+            w(f"| *baseline: raw INSERT, synchronous_commit={commit}* | {fmt_int(med[('single', commit, 'raw')])} | 1.00 | – | – | – | – | "
+              f"{statistics.median(float(r['server_cpu_us_per_tx']) for r in rs):.1f} | "
+              f"{top_waits(results_dir, 'single', commit, 'raw', [r['round'] for r in rs])} |")
+    w("")
+    w("With a matching endpoint the rows checked are the delivery rows (one per append, counted "
+      "after the run); the endpoint is a receiver in the benchmark (`tool.py receiver`, 204 at "
+      "once) with `rate_limit_per_second => 1`, so the worker delivers about one event a second "
+      "and the deliveries stay out of the measurement. The database no worker serves is a second "
+      "database of the same cluster (`bench_unserved`), not named in `eventstore.database`.")
+    w("")
 
 
 def report(results_dir, readme):
@@ -129,12 +221,13 @@ def report(results_dir, readme):
         else:
             w(f"| {title} | {r:.2f}× | {'**pass**' if r >= minimum else '**miss**'} |")
     w("")
+    situations(w, by, med, ratio, results_dir)
     w("### Throughput")
     w("")
     w("| Workload | System | TPS | events/s | × raw | × Message DB | TPS per round | latency ms | server CPU µs/event |")
     w("|---|---|---:|---:|---:|---:|---|---:|---:|")
     for workload, commit, title in WORKLOADS:
-        for system in ["raw", "eventstore", "messagedb", "raw+stream", "plpgsql", "plpgsql+notify", "select1"]:
+        for system in ALL_SYSTEMS:
             rs = by.get((workload, commit, system))
             if not rs:
                 continue
@@ -163,7 +256,7 @@ def report(results_dir, readme):
     w("| Workload | System | top states (share of samples) |")
     w("|---|---|---|")
     for workload, commit, title in WORKLOADS:
-        for system in ["raw", "eventstore", "messagedb", "raw+stream", "plpgsql", "plpgsql+notify"]:
+        for system in [x for x in ALL_SYSTEMS if x != "select1"]:
             rs = by.get((workload, commit, system))
             if not rs:
                 continue
@@ -272,6 +365,43 @@ Run `bash bench/run.sh` from the repository root.
 """
 
 
+def receiver(port_file, count_file):
+    import http.server
+    import signal
+    import threading
+
+    count = [0]
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            with lock:
+                count[0] += 1
+            self.send_response(204)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+
+    def stop(*_):
+        with open(count_file, "w") as f:
+            f.write(f"{count[0]}\n")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(f"{server.server_address[1]}\n")
+    os.replace(port_file + ".tmp", port_file)
+    server.serve_forever()
+
+
 def main(argv):
     cmd = argv[1] if len(argv) > 1 else ""
     if cmd == "cpu" and len(argv) == 3:
@@ -280,6 +410,8 @@ def main(argv):
         account(*argv[2:])
     elif cmd == "report" and len(argv) == 4:
         report(argv[2], argv[3])
+    elif cmd == "receiver" and len(argv) == 4:
+        receiver(argv[2], argv[3])
     else:
         sys.exit(__doc__)
 

@@ -67,3 +67,8 @@ BEGIN
     RETURN r;
 END
 $$;
+
+-- The handler of the situations part's inline projection (for an event type never appended).
+CREATE TABLE bench.noop_seen (global_position bigint);
+CREATE FUNCTION bench.noop_projection(e eventstore.event) RETURNS void LANGUAGE sql AS
+$$ INSERT INTO bench.noop_seen VALUES (e.global_position) $$;
