@@ -18,7 +18,8 @@ pub fn append(stream: &Stream, events: &[NewEvent], body: Body, expected: Option
     crate::tenant::mark_writing(&stream.tenant);
     crate::notify::appended(&stream.tenant, &stream.aggregate_type);
     webhook_queue::queue_appended(stream, events)?;
-    projections::run_inline(stream, first, last)?;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    projections::run_inline(stream, first, last, &types)?;
     state::snapshot_after_append(stream, first - 1, last)?;
     Ok(rows)
 }

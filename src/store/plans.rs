@@ -70,3 +70,34 @@ pub fn run_dynamic<'conn>(
     };
     Ok(client.select(&*plan, None, args)?)
 }
+
+/// Runs a kept statement of the feed or a stream: their right plan is an ordered walk of an
+/// index, whatever the table's statistics say (a table that has not been analyzed yet, or has
+/// grown much since, would otherwise get a scan of everything after the cursor and a sort on
+/// every page). The planner is told so while the statement is planned and run.
+pub fn run_ordered<'conn>(
+    client: &SpiClient<'conn>,
+    stmt: &'static Statement,
+    args: &[DatumWithOid<'_>],
+) -> Result<SpiTupleTable<'conn>> {
+    use pgrx::pg_sys;
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    for name in [c"enable_seqscan", c"enable_bitmapscan", c"enable_sort"] {
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                c"off".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+    let result = run(client, stmt, args);
+    // on an error the (sub)transaction's abort puts the settings back
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    result
+}

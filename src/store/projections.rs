@@ -188,11 +188,13 @@ pub fn event_type_oid(client: &SpiClient<'_>) -> Result<pg_sys::Oid> {
         .ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: no type eventstore.event"))
 }
 
-/// Runs the tenant's inline projections for events `first..=last` just appended to `stream`.
-/// A failing handler fails the append with the handler's own error.
-pub fn run_inline(stream: &Stream, first: i64, last: i64) -> Result<()> {
+/// Runs the tenant's inline projections for events `first..=last` just appended to `stream`,
+/// of the types `appended`. A failing handler fails the append with the handler's own error.
+/// Nothing is read while no inline projection wants one of these types.
+pub fn run_inline(stream: &Stream, first: i64, last: i64, appended: &[&str]) -> Result<()> {
     let projections = inline(&stream.tenant)?;
-    if projections.is_empty() {
+    let wanted = |t: &str| projections.iter().any(|p| p.event_types.as_ref().is_none_or(|types| types.iter().any(|w| w == t)));
+    if !appended.iter().any(|t| wanted(t)) {
         return Ok(());
     }
     let context = caller_context();

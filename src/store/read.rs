@@ -13,7 +13,7 @@ use pgrx::heap_tuple::PgHeapTuple;
 
 use super::event_columns;
 use super::definitions;
-use super::plans::{Statement, run};
+use super::plans::{Statement, run, run_ordered};
 use super::{Row, Stream, caller_context, composites_in};
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
@@ -190,7 +190,7 @@ pub fn read_stream(stream: &Stream, from_version: i64, max_count: i32) -> Result
             from_version.into(),
             max_count.into(),
         ];
-        composites_in(context, run(client, &READ_STREAM, &args)?, 1)
+        composites_in(context, run_ordered(client, &READ_STREAM, &args)?, 1)
     })?;
     upcast_rows_marked(&stream.tenant, &mut rows)?;
     Ok(rows)
@@ -246,7 +246,7 @@ pub fn read_all_checked(
             aggregate_types.into(),
             max_count.into(),
         ];
-        composites_in(context, run(client, &READ_ALL, &args)?, 1)
+        composites_in(context, run_ordered(client, &READ_ALL, &args)?, 1)
     })?;
     let problems = upcast_rows(tenant, &mut rows)?;
     Ok((rows, problems))
@@ -264,7 +264,7 @@ static FEED_END: Statement = Statement {
 
 pub fn feed_end(tenant: &str) -> Result<Cursor> {
     Spi::connect(|client| {
-        let table = run(client, &FEED_END, &[tenant.into()])?;
+        let table = run_ordered(client, &FEED_END, &[tenant.into()])?;
         if table.is_empty() {
             return Ok(Cursor::START);
         }
