@@ -13,9 +13,14 @@ pub const MAX_BATCH: usize = 10_000;
 /// Most rows one read may ask for.
 pub const MAX_READ: i32 = 10_000;
 
+/// A required argument: NULL is 22023 naming it.
+pub fn required<T>(value: Option<T>, what: &str) -> Result<T> {
+    value.ok_or_else(|| Error::invalid(format!("{what} must not be null")))
+}
+
 /// A required, non-empty, bounded name.
 pub fn name(what: &str, value: Option<&str>) -> Result<String> {
-    let value = value.ok_or_else(|| Error::invalid(format!("{what} must not be null")))?;
+    let value = required(value, what)?;
     if value.trim().is_empty() {
         return Err(Error::invalid(format!("{what} must not be empty")));
     }

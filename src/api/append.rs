@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use pgrx::pg_sys::panic::ErrorReport;
 use crate::datum::{AppendedRow, RawJsonb, Root};
 use crate::error::{Error, Kind, Result};
-use crate::store::definitions;
+use crate::store::definition_cache;
 use crate::input::{self, Lifted, NewEvent};
 use crate::append::append;
 use crate::store::append::Body;
@@ -96,7 +96,7 @@ fn object(what: &str, value: Option<RawJsonb>) -> Result<(RawJsonb, u32)> {
 /// Settles the event's schema version (the one given, else the newest registered, else 1) and
 /// validates the payload against that version's JSON Schema, if one is registered (23514).
 fn check_schema(tenant: &str, event: &mut NewEvent, what: &str, payload: impl FnOnce() -> Result<serde_json::Value>) -> Result<()> {
-    let schemas = definitions::schemas(tenant, &event.event_type)?;
+    let schemas = definition_cache::schemas(tenant, &event.event_type)?;
     let Some(latest) = schemas.latest() else {
         return Ok(());
     };

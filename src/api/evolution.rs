@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use crate::datum::RawJsonb;
 use crate::error::Error;
 use crate::json::TransformProgram;
-use crate::store::define;
+use crate::store::definition_writes as define;
 use crate::{input, tenant};
 
 /// Registers the JSON Schema of one version of an event type; appends of that version are
@@ -20,7 +20,7 @@ fn register_event_schema(
 ) -> Result<(), ErrorReport> {
     let event_type = input::name("event_type", event_type)?;
     let schema_version = version("schema_version", schema_version)?;
-    let schema = json_schema.ok_or_else(|| Error::invalid("json_schema must not be null"))?.value("json_schema")?;
+    let schema = input::required(json_schema, "json_schema")?.value("json_schema")?;
     jsonschema::validator_for(&schema)
         .map_err(|e| Error::invalid("json_schema is not a valid JSON Schema").detail(e.to_string()))?;
     define::event_schema(&tenant::current()?, &event_type, schema_version, schema)?;
@@ -45,7 +45,7 @@ fn register_upcaster(
             .detail(format!("from_version is {from}, to_version is {to}"))
             .into());
     }
-    let transform = transform.ok_or_else(|| Error::invalid("transform must not be null"))?.value("transform")?;
+    let transform = input::required(transform, "transform")?.value("transform")?;
     TransformProgram::compile(&transform).map_err(|e| Error::invalid(format!("invalid transform: {e}")))?;
     define::upcaster(&tenant::current()?, &event_type, from, to, transform)?;
     Ok(())

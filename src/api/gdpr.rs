@@ -4,6 +4,7 @@ use pgrx::Uuid;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
+use crate::input;
 use crate::error::{Error, Result};
 use crate::json::Path;
 use crate::store::redact;
@@ -19,7 +20,7 @@ fn reason(reason: Option<&str>) -> Result<&str> {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn redact_event(event_id: Option<Uuid>, reason: Option<&str>) -> Result<bool, ErrorReport> {
-    let event_id = event_id.ok_or_else(|| Error::invalid("event_id must not be null"))?;
+    let event_id = input::required(event_id, "event_id")?;
     let reason = self::reason(reason)?;
     Ok(redact::event(&tenant::current()?, event_id, reason)?)
 }
@@ -29,10 +30,10 @@ fn redact_event(event_id: Option<Uuid>, reason: Option<&str>) -> Result<bool, Er
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn redact_subject(json_path: Option<&str>, value: Option<&str>, reason: Option<&str>) -> Result<i32, ErrorReport> {
-    let json_path = json_path.ok_or_else(|| Error::invalid("json_path must not be null"))?;
+    let json_path = input::required(json_path, "json_path")?;
     let path = Path::parse(json_path.strip_prefix("$.").unwrap_or(json_path))
         .map_err(|e| Error::invalid(format!("invalid json_path: {e}")).detail(format!("json_path is \"{json_path}\"")))?;
-    let value = value.ok_or_else(|| Error::invalid("value must not be null"))?;
+    let value = input::required(value, "value")?;
     let reason = self::reason(reason)?;
     Ok(redact::subject(&tenant::current()?, path.segments(), value, reason)?)
 }

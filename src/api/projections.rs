@@ -26,7 +26,7 @@ fn register_projection(
 ) -> Result<(), ErrorReport> {
     let name = input::name("name", name)?;
     let event_types = input::no_nulls("event_types", event_types)?;
-    let handler = handler.ok_or_else(|| Error::invalid("handler must not be null"))?;
+    let handler = input::required(handler, "handler")?;
     let mode = match mode {
         Some("async") => {
             runtime::require()?;
@@ -96,7 +96,10 @@ fn projection_status() -> Result<
     >,
     ErrorReport,
 > {
-    Ok(TableIterator::new(projections::status(&tenant::current()?)?))
+    let rows = projections::status(&tenant::current()?)?;
+    Ok(TableIterator::new(rows.into_iter().map(|p| {
+        (p.name, p.mode, p.position, p.lag, p.events_applied, p.attempts, p.last_error, p.last_error_at, p.parked, p.updated_at)
+    })))
 }
 
 /// What the background worker serving this database is doing.
@@ -147,18 +150,18 @@ fn worker_status() -> Result<JsonB, ErrorReport> {
         out["running"] = serde_json::json!(false);
     }
     let own = projections::status(&tenant::current()?)?;
-    let backlog: i64 = own.iter().filter(|p| p.1 == "async").map(|p| p.3).sum();
+    let backlog: i64 = own.iter().filter(|p| p.mode == "async").map(|p| p.lag).sum();
     out["backlog"] = serde_json::json!(backlog);
     let admin = crate::store::admin::is_admin()?;
     out["scope"] = serde_json::json!(if admin { "server" } else { "tenant" });
     if !admin && out.get("pid").is_some() {
         // the worker serves every tenant: others see only their own projections' part
-        let failing: Vec<_> = own.iter().filter(|p| p.6.is_some()).collect();
-        let latest = failing.iter().max_by_key(|p| p.7.map(|t| t.into_inner()));
-        out["events_applied"] = serde_json::json!(own.iter().filter(|p| p.1 == "async").map(|p| p.4).sum::<i64>());
+        let failing: Vec<_> = own.iter().filter(|p| p.last_error.is_some()).collect();
+        let latest = failing.iter().max_by_key(|p| p.last_error_at.map(|t| t.into_inner()));
+        out["events_applied"] = serde_json::json!(own.iter().filter(|p| p.mode == "async").map(|p| p.events_applied).sum::<i64>());
         out["errors"] = serde_json::json!(failing.len());
-        out["last_error"] = serde_json::json!(latest.and_then(|p| p.6.clone()));
-        out["last_error_at"] = serde_json::json!(latest.and_then(|p| p.7).map(|t| t.to_string()));
+        out["last_error"] = serde_json::json!(latest.and_then(|p| p.last_error.clone()));
+        out["last_error_at"] = serde_json::json!(latest.and_then(|p| p.last_error_at).map(|t| t.to_string()));
     }
     Ok(JsonB(out))
 }

@@ -9,7 +9,7 @@ use pgrx::JsonB;
 use crate::datum::{RawJsonb, RegProcedure};
 use crate::error::{Error, Kind, Result};
 use crate::json::ReducerProgram;
-use crate::store::define::{self, ReducerDef};
+use crate::store::definition_writes::{self as define, ReducerDef};
 use crate::store::state::{self, Target};
 use crate::{input, tenant};
 
@@ -23,7 +23,7 @@ fn define_aggregate(
     keep_snapshots: default!(Option<i32>, 3),
 ) -> Result<(), ErrorReport> {
     let aggregate_type = input::name("aggregate_type", aggregate_type)?;
-    let initial_state = initial_state.ok_or_else(|| Error::invalid("initial_state must not be null"))?.value("initial_state")?;
+    let initial_state = input::required(initial_state, "initial_state")?.value("initial_state")?;
     let snapshot_every = positive("snapshot_every", snapshot_every)?;
     let keep_snapshots = positive("keep_snapshots", keep_snapshots)?;
     define::aggregate(&tenant::current()?, &aggregate_type, initial_state, snapshot_every, keep_snapshots)?;
@@ -47,7 +47,7 @@ fn define_reducer_rule(
     rule: Option<RawJsonb>,
 ) -> Result<(), ErrorReport> {
     let (aggregate_type, event_type) = names(aggregate_type, event_type)?;
-    let rule = rule.ok_or_else(|| Error::invalid("rule must not be null"))?.value("rule")?;
+    let rule = input::required(rule, "rule")?.value("rule")?;
     ReducerProgram::compile(&rule).map_err(|e| Error::invalid(format!("invalid reducer rule: {e}")))?;
     define::reducer(&tenant::current()?, &aggregate_type, &event_type, ReducerDef::Rule(rule))?;
     Ok(())
@@ -63,7 +63,7 @@ fn define_reducer_handler(
     handler: Option<RegProcedure>,
 ) -> Result<(), ErrorReport> {
     let (aggregate_type, event_type) = names(aggregate_type, event_type)?;
-    let handler = handler.ok_or_else(|| Error::invalid("handler must not be null"))?;
+    let handler = input::required(handler, "handler")?;
     define::reducer(&tenant::current()?, &aggregate_type, &event_type, ReducerDef::Handler(handler))?;
     Ok(())
 }

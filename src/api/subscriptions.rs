@@ -53,7 +53,7 @@ fn poll_subscription(
 #[search_path(pg_catalog, pg_temp)]
 fn ack_subscription(name: Option<&str>, cursor: Option<&str>) -> Result<bool, ErrorReport> {
     let name = input::name("name", name)?;
-    let cursor = Cursor::parse(cursor.ok_or_else(|| Error::invalid("cursor must not be null"))?)?;
+    let cursor = Cursor::parse(input::required(cursor, "cursor")?)?;
     Ok(subscriptions::ack(&tenant::current()?, &name, cursor)?)
 }
 

@@ -190,7 +190,7 @@ fn get_api_usage(
 }
 
 fn parse_version(what: &str, text: Option<&str>) -> Result<Version> {
-    let text = text.ok_or_else(|| Error::invalid(format!("{what} must not be null")))?;
+    let text = input::required(text, what)?;
     Version::parse(text).map_err(|e| {
         Error::invalid(format!("{what} \"{text}\" is not a version"))
             .detail(e.to_string())

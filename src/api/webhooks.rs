@@ -49,7 +49,7 @@ fn create_webhook_endpoint(
     retry_schedule: default!(Option<Vec<Option<i32>>>, "NULL"),
     rate_limit_per_second: default!(Option<i32>, "NULL"),
 ) -> Result<TableIterator<'static, (name!(endpoint_id, Uuid), name!(secret, String))>, ErrorReport> {
-    let url = url.ok_or_else(|| Error::invalid("url must not be null"))?;
+    let url = input::required(url, "url")?;
     if url.len() > 2048 {
         return Err(Error::invalid("url is too long").detail(format!("{} characters; at most 2048", url.len())).into());
     }
@@ -92,7 +92,7 @@ fn create_webhook_endpoint(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn queue_event_for_webhooks(event_id: Option<Uuid>) -> Result<i32, ErrorReport> {
-    let event_id = event_id.ok_or_else(|| Error::invalid("event_id must not be null"))?;
+    let event_id = input::required(event_id, "event_id")?;
     Ok(webhook_queue::queue_event(&tenant::current()?, event_id)?)
 }
 
@@ -103,8 +103,8 @@ fn rotate_webhook_secret(
     endpoint_id: Option<Uuid>,
     grace: default!(Option<Interval>, "'24 hours'"),
 ) -> Result<String, ErrorReport> {
-    let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
-    let grace = grace.ok_or_else(|| Error::invalid("grace must not be null"))?;
+    let endpoint_id = input::required(endpoint_id, "endpoint_id")?;
+    let grace = input::required(grace, "grace")?;
     let secret = new_secret()?;
     webhook_queue::rotate(&tenant::current()?, endpoint_id, &secret, grace)?;
     Ok(secret)
@@ -114,7 +114,7 @@ fn rotate_webhook_secret(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn retry_webhook_delivery(delivery_id: Option<Uuid>) -> Result<bool, ErrorReport> {
-    let delivery_id = delivery_id.ok_or_else(|| Error::invalid("delivery_id must not be null"))?;
+    let delivery_id = input::required(delivery_id, "delivery_id")?;
     Ok(webhook_queue::retry(&tenant::current()?, delivery_id)?)
 }
 
@@ -123,15 +123,15 @@ fn retry_webhook_delivery(delivery_id: Option<Uuid>) -> Result<bool, ErrorReport
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn recover_webhook_endpoint(endpoint_id: Option<Uuid>, since: Option<TimestampWithTimeZone>) -> Result<i32, ErrorReport> {
-    let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
-    let since = since.ok_or_else(|| Error::invalid("since must not be null"))?;
+    let endpoint_id = input::required(endpoint_id, "endpoint_id")?;
+    let since = input::required(since, "since")?;
     Ok(webhook_queue::recover(&tenant::current()?, endpoint_id, since)?)
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn enable_webhook_endpoint(endpoint_id: Option<Uuid>) -> Result<(), ErrorReport> {
-    let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
+    let endpoint_id = input::required(endpoint_id, "endpoint_id")?;
     webhook_queue::set_enabled(&tenant::current()?, endpoint_id, true, None)?;
     Ok(())
 }
@@ -139,7 +139,7 @@ fn enable_webhook_endpoint(endpoint_id: Option<Uuid>) -> Result<(), ErrorReport>
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn disable_webhook_endpoint(endpoint_id: Option<Uuid>, reason: default!(Option<&str>, "NULL")) -> Result<(), ErrorReport> {
-    let endpoint_id = endpoint_id.ok_or_else(|| Error::invalid("endpoint_id must not be null"))?;
+    let endpoint_id = input::required(endpoint_id, "endpoint_id")?;
     webhook_queue::set_enabled(&tenant::current()?, endpoint_id, false, Some(reason.unwrap_or("disabled by hand")))?;
     Ok(())
 }
@@ -150,7 +150,7 @@ fn disable_webhook_endpoint(endpoint_id: Option<Uuid>, reason: default!(Option<&
 fn get_webhook_delivery_stats(
     since: default!(Option<TimestampWithTimeZone>, "now() - interval '24 hours'"),
 ) -> Result<JsonB, ErrorReport> {
-    let since = since.ok_or_else(|| Error::invalid("since must not be null"))?;
+    let since = input::required(since, "since")?;
     Ok(webhook_queue::stats(&tenant::current()?, since)?)
 }
 

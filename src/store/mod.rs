@@ -4,8 +4,8 @@
 
 pub mod admin;
 pub mod caller;
-pub mod define;
-pub mod definitions;
+pub mod definition_cache;
+pub mod definition_writes;
 pub mod handlers;
 pub mod append;
 pub mod plans;

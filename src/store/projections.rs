@@ -399,35 +399,35 @@ static STATUS: Statement = Statement {
 };
 
 /// One row of projection_status().
-pub type StatusRow = (
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    i32,
-    Option<String>,
-    Option<pgrx::datum::TimestampWithTimeZone>,
-    i64,
-    Option<pgrx::datum::TimestampWithTimeZone>,
-);
+pub struct Status {
+    pub name: String,
+    pub mode: String,
+    pub position: String,
+    pub lag: i64,
+    pub events_applied: i64,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<pgrx::datum::TimestampWithTimeZone>,
+    pub parked: i64,
+    pub updated_at: Option<pgrx::datum::TimestampWithTimeZone>,
+}
 
-pub fn status(tenant: &str) -> Result<Vec<StatusRow>> {
+pub fn status(tenant: &str) -> Result<Vec<Status>> {
     Spi::connect(|client| {
         let mut out = Vec::new();
         for row in run(client, &STATUS, &[tenant.into()])? {
-            out.push((
-                row.get(1)?.unwrap_or_default(),
-                row.get(2)?.unwrap_or_default(),
-                row.get(3)?.unwrap_or_default(),
-                row.get(4)?.unwrap_or_default(),
-                row.get(5)?.unwrap_or_default(),
-                row.get(6)?.unwrap_or_default(),
-                row.get(7)?,
-                row.get(8)?,
-                row.get(9)?.unwrap_or_default(),
-                row.get(10)?,
-            ));
+            out.push(Status {
+                name: row.get(1)?.unwrap_or_default(),
+                mode: row.get(2)?.unwrap_or_default(),
+                position: row.get(3)?.unwrap_or_default(),
+                lag: row.get(4)?.unwrap_or_default(),
+                events_applied: row.get(5)?.unwrap_or_default(),
+                attempts: row.get(6)?.unwrap_or_default(),
+                last_error: row.get(7)?,
+                last_error_at: row.get(8)?,
+                parked: row.get(9)?.unwrap_or_default(),
+                updated_at: row.get(10)?,
+            });
         }
         Ok(out)
     })

@@ -12,7 +12,7 @@ use crate::datum::RawJsonb;
 use pgrx::heap_tuple::PgHeapTuple;
 
 use super::event_columns;
-use super::definitions;
+use super::definition_cache;
 use super::plans::{Statement, run, run_ordered};
 use super::{Row, Stream, caller_context, composites_in};
 use crate::error::{Error, Kind, Result};
@@ -76,7 +76,7 @@ static READ_ALL: Statement = Statement {
 /// result says why: one bad event never stops a read.
 pub fn upcast_rows(tenant: &str, rows: &mut [Row]) -> Result<Vec<Option<String>>> {
     let mut problems = vec![None; rows.len()];
-    if definitions::tenant_upcasts(tenant)? {
+    if definition_cache::tenant_upcasts(tenant)? {
         for (row, problem) in rows.iter_mut().zip(problems.iter_mut()) {
             *problem = upcast_row(tenant, row)?;
         }
@@ -120,7 +120,7 @@ fn upcast_row(tenant: &str, datum: &mut Row) -> Result<Option<String>> {
     let redacted: Option<TimestampWithTimeZone> = row.get_by_name("redacted_at").map_err(|e| bug(&e))?;
     let event_type: Option<String> = row.get_by_name("event_type").map_err(|e| bug(&e))?;
     let (Some(event_type), None) = (event_type, redacted) else { return Ok(None) };
-    let chain = match definitions::upcasters(tenant, &event_type) {
+    let chain = match definition_cache::upcasters(tenant, &event_type) {
         Ok(chain) => chain,
         Err(e) if e.kind == Kind::InvalidArgument => return Ok(Some(e.message)),
         Err(e) => return Err(e),

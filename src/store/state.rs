@@ -16,7 +16,7 @@ use super::caller::as_registrant;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::definitions::{self, Aggregate, Reducer, Upcasters};
+use super::definition_cache::{self, Aggregate, Reducer, Upcasters};
 use super::plans::{Statement, run, run_dynamic};
 use super::Stream;
 use crate::error::{Error, Kind, Result};
@@ -149,7 +149,7 @@ fn internal(what: &str) -> Error {
 
 /// The state of `stream` at `target`.
 pub fn compute(stream: &Stream, target: Target) -> Result<State> {
-    let aggregate = definitions::aggregate(&stream.tenant, &stream.aggregate_type)?;
+    let aggregate = definition_cache::aggregate(&stream.tenant, &stream.aggregate_type)?;
     Spi::connect(|client| compute_with(client, stream, &aggregate, target))
 }
 
@@ -188,7 +188,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
     let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(..)));
     let [t, a, i] = key(stream);
     let events = run(client, if with_rows { &REPLAY_ROWS } else { &REPLAY }, &[t, a, i, from.into(), version.into()])?;
-    let upcasting = definitions::tenant_upcasts(&stream.tenant)?;
+    let upcasting = definition_cache::tenant_upcasts(&stream.tenant)?;
     let mut chains: HashMap<String, Rc<Upcasters>> = HashMap::new();
     let mut updated_at = None;
     let mut events = events;
@@ -208,7 +208,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
         let mut upcast_to = schema_version;
         if upcasting && !row.get::<bool>(6)?.unwrap_or(false) {
             if !chains.contains_key(event_type) {
-                chains.insert(event_type.to_owned(), definitions::upcasters(&stream.tenant, event_type)?);
+                chains.insert(event_type.to_owned(), definition_cache::upcasters(&stream.tenant, event_type)?);
             }
             upcast_to = chains[event_type].upcast(schema_version, &mut payload)?;
         }
@@ -277,7 +277,7 @@ fn event_type_oid(client: &SpiClient<'_>) -> Result<pg_sys::Oid> {
 
 /// Computes the state at `version` and keeps it as a snapshot; prunes old ones.
 pub fn snapshot(stream: &Stream, version: Option<i64>) -> Result<i64> {
-    let aggregate = definitions::aggregate(&stream.tenant, &stream.aggregate_type)?;
+    let aggregate = definition_cache::aggregate(&stream.tenant, &stream.aggregate_type)?;
     Spi::connect(|client| snapshot_with(client, stream, &aggregate, version))
 }
 
@@ -298,7 +298,7 @@ fn snapshot_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate,
 /// After an append moved a stream from version `before` to `after`: a snapshot at the last
 /// multiple of `snapshot_every` crossed, if any (defined aggregates only).
 pub fn snapshot_after_append(stream: &Stream, before: i64, after: i64) -> Result<()> {
-    let aggregate = definitions::aggregate(&stream.tenant, &stream.aggregate_type)?;
+    let aggregate = definition_cache::aggregate(&stream.tenant, &stream.aggregate_type)?;
     if !aggregate.defined {
         return Ok(());
     }
