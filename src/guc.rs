@@ -307,3 +307,21 @@ pub fn databases() -> Vec<String> {
         .filter(|d| !d.is_empty())
         .collect()
 }
+
+/// `set_config(name, value, true)`: a setting for the rest of the transaction (like `SET
+/// LOCAL`), e.g. `response.status` for PostgREST.
+pub fn set_local(name: &CStr, value: &str) {
+    let Ok(value) = CString::new(value) else { return };
+    unsafe {
+        pgrx::pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_USERSET,
+            pgrx::pg_sys::GucSource::PGC_S_SESSION,
+            pgrx::pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}

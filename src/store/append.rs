@@ -70,22 +70,34 @@ macro_rules! bump_stream {
     };
 }
 
+/// The insert both appends share, and what they return: the row and its version.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
+             aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
+             correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)"
+    };
+}
+
+macro_rules! returning_appended {
+    () => {
+        "RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended,
+                   e.aggregate_version"
+    };
+}
+
 /// One event, inserted only when the stream's version check (`v`, one row or none) passed: the
 /// check and the insert are one statement, and a losing writer draws no position.
 macro_rules! insert_one {
     ($stream:expr) => {
         concat!(
-            "WITH v AS (", $stream, ")
-             INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
-                 aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
-                 correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
+            "WITH v AS (", $stream, ") ", insert_events!(), "
              SELECT nextval('eventstore.events_global_position_seq'), $6, $1, $2, $3, v.version, $7, $8, $9,
                  coalesce($10, '{}'),
                  $11, $12, $13, coalesce($14::timestamptz, statement_timestamp()), statement_timestamp(),
                  pg_current_xact_id()
              FROM v
-             RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended,
-                       e.aggregate_version"
+             ", returning_appended!()
         )
     };
 }
@@ -104,10 +116,7 @@ static APPEND_ONE_BUMP: Statement = Statement { sql: insert_one!(bump_stream!())
 macro_rules! insert_many {
     ($stream:expr) => {
         concat!(
-            "WITH v AS (", $stream, ")
-             INSERT INTO eventstore.events AS e (global_position, event_id, tenant_id, aggregate_type,
-                 aggregate_id, aggregate_version, event_type, schema_version, payload, metadata,
-                 correlation_id, causation_id, actor, occurred_at, recorded_at, transaction_id)
+            "WITH v AS (", $stream, ") ", insert_events!(), "
              SELECT nextval('eventstore.events_global_position_seq'), u.event_id, $1, $2, $3,
                  v.version - $4 + u.n, u.event_type, u.schema_version, u.x -> 'payload',
                  coalesce(nullif(u.x -> 'metadata', 'null'), '{}'),
@@ -119,8 +128,7 @@ macro_rules! insert_many {
                              unnest($12::text[]), unnest($13::text[]))
                   WITH ORDINALITY AS u(x, event_id, event_type, schema_version, correlation_id,
                                        causation_id, actor, occurred_at, n)
-             RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended,
-                       e.aggregate_version"
+             ", returning_appended!()
         )
     };
 }

@@ -603,12 +603,12 @@ pub fn route_call(request: Request<'_>) -> Result<Value> {
         Answer::Refused(r) => r.status,
     };
     if let Answer::Refused(r) = &answer {
-        set_local(c"response.status", &r.status.to_string());
+        crate::guc::set_local(c"response.status", &r.status.to_string());
     }
     let deprecation = served.and_then(ApiVersion::deprecation);
     if let Some(version) = served.filter(|_| deprecation.is_some()) {
         let merged = http::merge_response_headers(guc::by_name(c"response.headers").as_deref(), &version.deprecation_headers());
-        set_local(c"response.headers", &merged);
+        crate::guc::set_local(c"response.headers", &merged);
     }
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut meta = json!({
@@ -767,22 +767,6 @@ fn answer(catalog: &Catalog, plan: &Plan<'_>, rpc: &str, payload: Option<RawJson
     }
 }
 
-/// `set_config(name, value, true)`: a transaction-local setting PostgREST reads afterwards.
-fn set_local(name: &std::ffi::CStr, value: &str) {
-    let Ok(value) = std::ffi::CString::new(value) else { return };
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
-}
 
 // --- usage -----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@
 //! the log rows of the last moments (at most three times `wal_writer_delay`), as with
 //! `synchronous_commit = off`; the answers themselves were read-only.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 
 use pgrx::pg_sys;
 use pgrx::{PgXactCallbackEvent, register_xact_callback};
@@ -40,17 +40,5 @@ fn setting() -> Option<String> {
 }
 
 fn set(value: &str) {
-    let Ok(value) = CString::new(value) else { return };
-    unsafe {
-        pg_sys::set_config_option(
-            c"synchronous_commit".as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::guc::set_local(c"synchronous_commit", value);
 }
