@@ -1,6 +1,5 @@
 //! Statistics, feed lag and stream deletion.
 
-use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -143,11 +142,7 @@ pub fn is_admin() -> Result<bool> {
 /// Deletes a stream; true when something changed (false: absent, or deleted already).
 pub fn delete_stream(stream: &Stream, hard: bool) -> Result<bool> {
     Spi::connect(|client| {
-        let args: [DatumWithOid<'_>; 3] = [
-            stream.tenant.as_str().into(),
-            stream.aggregate_type.as_str().into(),
-            stream.aggregate_id.as_str().into(),
-        ];
+        let args = stream.key();
         let table = run(client, if hard { &HARD_DELETE } else { &SOFT_DELETE }, &args)?;
         Ok(!table.is_empty())
     })

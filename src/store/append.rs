@@ -1,7 +1,6 @@
 //! Appending: the version check under the stream's row lock, idempotent re-sends, and the
 //! insert. Positions are drawn only after the check, so a losing writer leaves no gap.
 
-use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -161,14 +160,6 @@ fn pg_uuid(id: uuid::Uuid) -> PgUuid {
     PgUuid::from_bytes(*id.as_bytes())
 }
 
-fn key(stream: &Stream) -> [DatumWithOid<'_>; 3] {
-    [
-        stream.tenant.as_str().into(),
-        stream.aggregate_type.as_str().into(),
-        stream.aggregate_id.as_str().into(),
-    ]
-}
-
 /// Checks the expected version and inserts `events` under the stream's row lock (src/append.rs
 /// runs what follows an append). Returns the rows appended (or found again) and the stream's
 /// new version (None for a re-send).
@@ -176,15 +167,15 @@ pub fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option
     let context = caller_context();
     Spi::connect(|client| {
         if events.iter().any(|e| e.id_supplied) {
-            run(client, &ENSURE_STREAM, &key(stream))?;
-            run(client, &LOCK_STREAM, &key(stream))?;
+            run(client, &ENSURE_STREAM, &stream.key())?;
+            run(client, &LOCK_STREAM, &stream.key())?;
             if let Some(original) = already_appended(client, context, stream, events)? {
                 return Ok((original, None));
             }
         }
         let n = events.len() as i64;
         let upsert = matches!(expected, None | Some(0));
-        let [tenant, aggregate_type, aggregate_id] = key(stream);
+        let [tenant, aggregate_type, aggregate_id] = stream.key();
         let table = match body {
             Body::One { payload, metadata } => {
                 let e = &events[0];
@@ -245,7 +236,7 @@ fn already_appended(
     events: &[NewEvent],
 ) -> Result<Option<Vec<Row>>> {
     let ids: Vec<PgUuid> = events.iter().filter(|e| e.id_supplied).map(|e| pg_uuid(e.event_id)).collect();
-    let [tenant, aggregate_type, aggregate_id] = key(stream);
+    let [tenant, aggregate_type, aggregate_id] = stream.key();
     let table = run(client, &FIND_EVENT_IDS, &[tenant, aggregate_type, aggregate_id, ids.into()])?;
     if table.is_empty() {
         return Ok(None);
@@ -290,7 +281,7 @@ fn refused(client: &SpiClient<'_>, stream: &Stream, expected: Option<i64>) -> Er
 }
 
 fn explain(client: &SpiClient<'_>, stream: &Stream, expected: Option<i64>) -> Result<Error> {
-    let state = run(client, &STREAM_STATE, &key(stream))?;
+    let state = run(client, &STREAM_STATE, &stream.key())?;
     let (actual, hard_deleted) = if state.is_empty() {
         (0, false)
     } else {

@@ -77,6 +77,19 @@ pub struct Stream {
     pub aggregate_id: String,
 }
 
+impl Stream {
+    /// The stream's key as the first three parameters of a statement: tenant, aggregate type,
+    /// aggregate id.
+    pub fn key(&self) -> [pgrx::datum::DatumWithOid<'_>; 3] {
+        [self.tenant.as_str().into(), self.aggregate_type.as_str().into(), self.aggregate_id.as_str().into()]
+    }
+
+    /// The key followed by more parameters.
+    pub fn key_and<'a>(&'a self, more: impl IntoIterator<Item = pgrx::datum::DatumWithOid<'a>>) -> Vec<pgrx::datum::DatumWithOid<'a>> {
+        self.key().into_iter().chain(more).collect()
+    }
+}
+
 impl std::fmt::Display for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.aggregate_type, self.aggregate_id)

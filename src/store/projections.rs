@@ -199,13 +199,7 @@ pub fn run_inline(stream: &Stream, first: i64, last: i64, appended: &[&str]) -> 
     }
     let context = caller_context();
     let (events, types) = Spi::connect(|client| {
-        let mut table = run(client, &APPENDED, &[
-            stream.tenant.as_str().into(),
-            stream.aggregate_type.as_str().into(),
-            stream.aggregate_id.as_str().into(),
-            first.into(),
-            last.into(),
-        ])?;
+        let mut table = run(client, &APPENDED, &stream.key_and([first.into(), last.into()]))?;
         let (mut events, mut types) = (Vec::new(), Vec::new());
         while let Some(row) = table.next() {
             types.push(row.get::<String>(2)?.unwrap_or_default());

@@ -183,13 +183,7 @@ pub const ERROR_KEY: &str = "$eventstore_error";
 pub fn read_stream(stream: &Stream, from_version: i64, max_count: i32) -> Result<Vec<Row>> {
     let context = caller_context();
     let mut rows = Spi::connect(|client| {
-        let args: [DatumWithOid<'_>; 5] = [
-            stream.tenant.as_str().into(),
-            stream.aggregate_type.as_str().into(),
-            stream.aggregate_id.as_str().into(),
-            from_version.into(),
-            max_count.into(),
-        ];
+        let args = stream.key_and([from_version.into(), max_count.into()]);
         composites_in(context, run_ordered(client, &READ_STREAM, &args)?, 1)
     })?;
     upcast_rows_marked(&stream.tenant, &mut rows)?;
@@ -199,11 +193,7 @@ pub fn read_stream(stream: &Stream, from_version: i64, max_count: i32) -> Result
 /// The stream's version; 0 when it does not exist or is deleted.
 pub fn stream_version(stream: &Stream) -> Result<i64> {
     Spi::connect(|client| {
-        let args: [DatumWithOid<'_>; 3] = [
-            stream.tenant.as_str().into(),
-            stream.aggregate_type.as_str().into(),
-            stream.aggregate_id.as_str().into(),
-        ];
+        let args = stream.key();
         let table = run(client, &STREAM_VERSION, &args)?;
         Ok(if table.is_empty() { 0 } else { table.first().get_one::<i64>()?.unwrap_or(0) })
     })

@@ -1,7 +1,7 @@
 //! Aggregate state: the newest usable snapshot at or below the target version, then a replay of
 //! the events after it through the reducers.
 
-use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -139,10 +139,6 @@ static DROP_SNAPSHOTS: Statement = Statement {
     volatile: true,
 };
 
-fn key(stream: &Stream) -> [DatumWithOid<'_>; 3] {
-    [stream.tenant.as_str().into(), stream.aggregate_type.as_str().into(), stream.aggregate_id.as_str().into()]
-}
-
 fn internal(what: &str) -> Error {
     Error::new(Kind::Internal, format!("eventstore internal error: {what}"))
 }
@@ -155,7 +151,7 @@ pub fn compute(stream: &Stream, target: Target) -> Result<State> {
 
 fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, target: Target) -> Result<State> {
     let missing = State { version: 0, state: None, updated_at: None, snapshot_version: None };
-    let table = run(client, &STREAM, &key(stream))?;
+    let table = run(client, &STREAM, &stream.key())?;
     if table.is_empty() {
         return Ok(missing);
     }
@@ -166,7 +162,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
         version = version.min(at);
     }
     if let Some(as_of) = target.as_of {
-        let [t, a, i] = key(stream);
+        let [t, a, i] = stream.key();
         let table = run(client, &AS_OF_VERSION, &[t, a, i, as_of.into()])?;
         version = version.min(table.first().get_one::<i64>()?.unwrap_or(0));
     }
@@ -174,7 +170,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
         return Ok(missing);
     }
 
-    let [t, a, i] = key(stream);
+    let [t, a, i] = stream.key();
     let snapshot = run(client, &SNAPSHOT, &[t, a, i, version.into(), hidden_through.into(), aggregate.hash.as_str().into()])?;
     let (mut state, snapshot_version) = if snapshot.is_empty() {
         (Some(aggregate.initial_state.clone()), None)
@@ -186,7 +182,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
     let from = snapshot_version.unwrap_or(hidden_through);
 
     let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(..)));
-    let [t, a, i] = key(stream);
+    let [t, a, i] = stream.key();
     let events = run(client, if with_rows { &REPLAY_ROWS } else { &REPLAY }, &[t, a, i, from.into(), version.into()])?;
     let upcasting = definition_cache::tenant_upcasts(&stream.tenant)?;
     let mut chains: HashMap<String, Rc<Upcasters>> = HashMap::new();
@@ -239,7 +235,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
     }
     if updated_at.is_none() {
         // served from a snapshot exactly at the target: the event there says when
-        let [t, a, i] = key(stream);
+        let [t, a, i] = stream.key();
         updated_at = run(client, &RECORDED_AT, &[t, a, i, version.into()])?.first().get_one()?;
     }
     Ok(State { version, state, updated_at, snapshot_version })
@@ -282,15 +278,15 @@ pub fn snapshot(stream: &Stream, version: Option<i64>) -> Result<i64> {
 }
 
 fn snapshot_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, version: Option<i64>) -> Result<i64> {
-    run(client, &TOUCH_STREAM, &key(stream))?;
+    run(client, &TOUCH_STREAM, &stream.key())?;
     let state = compute_with(client, stream, aggregate, Target { at_version: version, as_of: None })?;
     if state.version == 0 {
         return Ok(0);
     }
     let keep = if aggregate.defined { aggregate.keep_snapshots } else { 3 };
-    let [t, a, i] = key(stream);
+    let [t, a, i] = stream.key();
     run(client, &SAVE_SNAPSHOT, &[t, a, i, state.version.into(), state.state.map(JsonB).into(), aggregate.hash.as_str().into()])?;
-    let [t, a, i] = key(stream);
+    let [t, a, i] = stream.key();
     run(client, &PRUNE_SNAPSHOTS, &[t, a, i, keep.into(), aggregate.hash.as_str().into()])?;
     Ok(state.version)
 }
@@ -313,5 +309,5 @@ pub fn snapshot_after_append(stream: &Stream, before: i64, after: i64) -> Result
 
 /// Snapshots of a stream whose events changed (redaction) can no longer be trusted.
 pub fn drop_snapshots(stream: &Stream) -> Result<()> {
-    Spi::connect(|client| run(client, &DROP_SNAPSHOTS, &key(stream)).map(|_| ()))
+    Spi::connect(|client| run(client, &DROP_SNAPSHOTS, &stream.key()).map(|_| ()))
 }
