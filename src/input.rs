@@ -239,15 +239,10 @@ pub fn is_rfc3339(s: &str) -> bool {
     let (Some(hour), Some(minute), Some(second)) = (digits(11, 2), digits(14, 2), digits(17, 2)) else {
         return false;
     };
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let days_in_month = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
+    let Some(days_in_month) = crate::calendar::days_in_month(year as i64, month as i64) else {
+        return false;
     };
-    if year == 0 || day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+    if year == 0 || day == 0 || i64::from(day) > days_in_month || hour > 23 || minute > 59 || second > 60 {
         return false;
     }
     let mut i = 19;

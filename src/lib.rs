@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod api;
 mod append;
 mod cache;
+mod calendar;
 mod datum;
 mod error;
 mod feed;

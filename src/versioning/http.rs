@@ -2,6 +2,7 @@
 //! `request.headers` setting, response headers through `response.headers`, and the date formats
 //! of the deprecation headers. Pure Rust, no Postgres.
 
+use crate::calendar;
 use serde_json::{Map, Value};
 
 use super::semver::Version;
@@ -134,35 +135,19 @@ pub fn valid_docs_url(url: &str) -> bool {
 
 /// Microseconds since the Unix epoch as days, and microseconds into the day.
 fn split(unix_micros: i64) -> (i64, i64) {
-    (unix_micros.div_euclid(86_400_000_000), unix_micros.rem_euclid(86_400_000_000))
-}
-
-/// (year, month, day) of a day number since 1970-01-01 (Howard Hinnant's civil_from_days).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    (unix_micros.div_euclid(calendar::MICROS_PER_DAY), unix_micros.rem_euclid(calendar::MICROS_PER_DAY))
 }
 
 /// An HTTP date (RFC 9110 IMF-fixdate): `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub fn imf_fixdate(unix_micros: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let (days, micros) = split(unix_micros);
-    let (year, month, day) = civil(days);
+    let (year, month, day) = calendar::civil_from_days(days);
     let secs = micros / 1_000_000;
     format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-        DAYS[days.rem_euclid(7) as usize],
+        calendar::WEEKDAYS_FROM_EPOCH[days.rem_euclid(7) as usize],
         day,
-        MONTHS[(month - 1) as usize],
+        calendar::MONTHS[(month - 1) as usize],
         year,
         secs / 3600,
         secs / 60 % 60,
@@ -174,7 +159,7 @@ pub fn imf_fixdate(unix_micros: i64) -> String {
 /// there is one (`...:00.25Z`).
 pub fn rfc3339(unix_micros: i64) -> String {
     let (days, micros) = split(unix_micros);
-    let (year, month, day) = civil(days);
+    let (year, month, day) = calendar::civil_from_days(days);
     let secs = micros / 1_000_000;
     let fraction = micros % 1_000_000;
     let fraction = if fraction == 0 {
