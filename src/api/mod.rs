@@ -5,6 +5,7 @@ pub mod admin;
 pub mod append;
 pub mod evolution;
 pub mod gdpr;
+pub mod message_store;
 pub mod projections;
 pub mod read;
 pub mod state;

@@ -18,6 +18,7 @@ fn create_subscription(
     event_types: default!(Option<Vec<Option<String>>>, "NULL"),
     aggregate_types: default!(Option<Vec<Option<String>>>, "NULL"),
     start_from: default!(Option<&str>, "'beginning'"),
+    consumer_group_size: default!(Option<i32>, 1),
 ) -> Result<String, ErrorReport> {
     let name = input::name("name", name)?;
     let event_types = input::no_nulls("event_types", event_types)?;
@@ -31,7 +32,19 @@ fn create_subscription(
                 .into());
         }
     };
-    Ok(subscriptions::create(&tenant::current()?, &name, event_types, aggregate_types, from_end)?)
+    let group_size = match consumer_group_size {
+        Some(n) if (1..=subscriptions::MAX_GROUP_SIZE).contains(&n) => n,
+        other => {
+            return Err(Error::invalid("consumer_group_size is out of range")
+                .detail(format!(
+                    "consumer_group_size is {}; it must be between 1 and {}",
+                    other.map_or("null".into(), |n| n.to_string()),
+                    subscriptions::MAX_GROUP_SIZE
+                ))
+                .into());
+        }
+    };
+    Ok(subscriptions::create(&tenant::current()?, &name, event_types, aggregate_types, from_end, group_size)?)
 }
 
 /// The next events after the subscription's checkpoint (which polling does not move).
@@ -40,10 +53,12 @@ fn create_subscription(
 fn poll_subscription(
     name: Option<&str>,
     max_count: default!(Option<i32>, 100),
+    member: default!(Option<i32>, 0),
 ) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
     let name = input::name("name", name)?;
     let max_count = input::max_count(max_count)?;
-    let rows = subscriptions::poll(&tenant::current()?, &name, max_count)?;
+    let member = member.ok_or_else(|| Error::invalid("member must not be null"))?;
+    let rows = subscriptions::poll(&tenant::current()?, &name, max_count, member)?;
     Ok(SetOfIterator::new(rows.into_iter().map(FeedRow)))
 }
 
@@ -51,10 +66,15 @@ fn poll_subscription(
 /// Returns whether it moved.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
-fn ack_subscription(name: Option<&str>, cursor: Option<&str>) -> Result<bool, ErrorReport> {
+fn ack_subscription(
+    name: Option<&str>,
+    cursor: Option<&str>,
+    member: default!(Option<i32>, 0),
+) -> Result<bool, ErrorReport> {
     let name = input::name("name", name)?;
     let cursor = Cursor::parse(cursor.ok_or_else(|| Error::invalid("cursor must not be null"))?)?;
-    Ok(subscriptions::ack(&tenant::current()?, &name, cursor)?)
+    let member = member.ok_or_else(|| Error::invalid("member must not be null"))?;
+    Ok(subscriptions::ack(&tenant::current()?, &name, cursor, member)?)
 }
 
 /// The current tenant's own notification channel: LISTEN to it for the aggregate types each

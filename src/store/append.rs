@@ -164,6 +164,7 @@ fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64
         }
         let last = reserve(client, stream, events.len() as i64, expected)?;
         let first = last - events.len() as i64 + 1;
+        super::horizon::guard(client)?;
         let table = match body {
             Body::One { payload, metadata } => {
                 let e = &events[0];

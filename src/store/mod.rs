@@ -7,6 +7,7 @@ pub mod caller;
 pub mod define;
 pub mod definitions;
 pub mod handlers;
+pub mod horizon;
 pub mod append;
 pub mod plans;
 pub mod projections;
