@@ -14,6 +14,15 @@ use crate::feed::Cursor;
 
 static CREATE: Statement = Statement {
     sql: "INSERT INTO eventstore.subscriptions (tenant_id, name, event_types, aggregate_types,
+              checkpoint_xid, checkpoint_position)
+          VALUES ($1, $2, $3, $4, $5::text::xid8, $6)
+          ON CONFLICT (tenant_id, name) DO NOTHING",
+    args: &[TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, INT8OID],
+    volatile: true,
+};
+
+static CREATE_GROUP: Statement = Statement {
+    sql: "INSERT INTO eventstore.subscriptions (tenant_id, name, event_types, aggregate_types,
               checkpoint_xid, checkpoint_position, consumer_group_size)
           VALUES ($1, $2, $3, $4, $5::text::xid8, $6, $7)
           ON CONFLICT (tenant_id, name) DO NOTHING",
@@ -29,8 +38,16 @@ static CREATE_MEMBERS: Statement = Statement {
     volatile: true,
 };
 
-/// The subscription and the checkpoint of member $3.
+/// The subscription (0.1.0's columns only: see `Schema`).
 static GET: Statement = Statement {
+    sql: "SELECT s.checkpoint_xid::text, s.checkpoint_position, s.event_types, s.aggregate_types, 1
+          FROM eventstore.subscriptions s WHERE s.tenant_id = $1 AND s.name = $2",
+    args: &[TEXTOID, TEXTOID],
+    volatile: false,
+};
+
+/// The subscription and the checkpoint of member $3.
+static GET_GROUP: Statement = Statement {
     sql: "SELECT CASE WHEN $3 = 0 THEN s.checkpoint_xid ELSE m.checkpoint_xid END::text,
                  CASE WHEN $3 = 0 THEN s.checkpoint_position ELSE m.checkpoint_position END,
                  s.event_types, s.aggregate_types, s.consumer_group_size
@@ -106,6 +123,15 @@ pub fn not_found(name: &str) -> Error {
 /// The largest consumer group.
 pub const MAX_GROUP_SIZE: i32 = 1000;
 
+/// Which schema the caller's SQL functions come from: a 0.1.0 install runs the new library
+/// with 0.1.0's tables until ALTER EXTENSION eventstore UPDATE, and its calls (which name no
+/// group or member) must use 0.1.0's columns only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    V1,
+    Groups,
+}
+
 pub fn create(
     tenant: &str,
     name: &str,
@@ -113,18 +139,26 @@ pub fn create(
     aggregate_types: Option<Vec<String>>,
     from_end: bool,
     group_size: i32,
+    schema: Schema,
 ) -> Result<String> {
     Spi::connect(|client| {
         let start = if from_end { super::read::feed_end(tenant)? } else { Cursor::START };
-        let inserted = run(client, &CREATE, &[
+        let mut args = vec![
             tenant.into(),
             name.into(),
             event_types.into(),
             aggregate_types.into(),
             start.transaction_id.to_string().into(),
             start.position.into(),
-            group_size.into(),
-        ])?;
+        ];
+        let stmt = match schema {
+            Schema::V1 => &CREATE,
+            Schema::Groups => {
+                args.push(group_size.into());
+                &CREATE_GROUP
+            }
+        };
+        let inserted = run(client, stmt, &args)?;
         if inserted.len() == 0 {
             return Err(Error::new(Kind::Duplicate, format!("subscription \"{name}\" already exists"))
                 .hint("Drop it first, or poll the existing one."));
@@ -150,9 +184,12 @@ pub struct Subscription {
     pub group_size: i32,
 }
 
-pub fn get(tenant: &str, name: &str, member: i32) -> Result<Subscription> {
+pub fn get(tenant: &str, name: &str, member: i32, schema: Schema) -> Result<Subscription> {
     Spi::connect(|client| {
-        let table = run(client, &GET, &[tenant.into(), name.into(), member.into()])?;
+        let table = match schema {
+            Schema::V1 => run(client, &GET, &[tenant.into(), name.into()])?,
+            Schema::Groups => run(client, &GET_GROUP, &[tenant.into(), name.into(), member.into()])?,
+        };
         if table.is_empty() {
             return Err(not_found(name));
         }
@@ -173,8 +210,8 @@ pub fn get(tenant: &str, name: &str, member: i32) -> Result<Subscription> {
     })
 }
 
-pub fn poll(tenant: &str, name: &str, max_count: i32, member: i32) -> Result<Vec<Row>> {
-    let s = get(tenant, name, member)?;
+pub fn poll(tenant: &str, name: &str, max_count: i32, member: i32, schema: Schema) -> Result<Vec<Row>> {
+    let s = get(tenant, name, member, schema)?;
     if s.group_size == 1 {
         return super::read::read_all(tenant, s.checkpoint, max_count, s.event_types, s.aggregate_types);
     }
@@ -197,10 +234,10 @@ pub fn poll(tenant: &str, name: &str, max_count: i32, member: i32) -> Result<Vec
 }
 
 /// Moves member `member`'s checkpoint to `cursor` if that is further on; returns whether it moved.
-pub fn ack(tenant: &str, name: &str, cursor: Cursor, member: i32) -> Result<bool> {
+pub fn ack(tenant: &str, name: &str, cursor: Cursor, member: i32, schema: Schema) -> Result<bool> {
     if member != 0 {
         // the member must exist in the subscription's group
-        get(tenant, name, member)?;
+        get(tenant, name, member, schema)?;
     }
     // a cursor the feed cannot have returned would skip every event up to it
     let end = super::read::feed_end(tenant)?;
