@@ -59,6 +59,10 @@ layer client '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
   "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/client"
 
+layer message_db '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
+  env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
+  "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/message_db"
+
 layer fuzz '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
   "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/fuzz"
