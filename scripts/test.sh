@@ -4,6 +4,8 @@
 #   pg_test    #[pg_test]s inside a throwaway PostgreSQL (cargo pgrx test, run as postgres)
 #   regress    pg_regress golden files for the public SQL surface
 #   client     pytest client tests against a real preloaded cluster (commits, many sessions)
+#   message_db the Message DB façade (schema message_store) driven by the PyPI client
+#              message-db-py, known answers, cross-API and no-skip concurrency (tests/message_db)
 #   fuzz       generated inputs for every public function: never XX000, never a crash, nothing
 #              written by a failed call (tests/fuzz, seeded: see its README)
 #   postgrest  a real PostgREST 12 in front of the same cluster, driven over HTTP with signed JWTs
