@@ -28,10 +28,13 @@ static LAST_DRAWN: Statement = Statement {
     volatile: true,
 };
 
-/// The smallest key of the horizon locks held in this database.
+/// The smallest key of the horizon locks other transactions hold in this database (the
+/// reader's own events are visible to it, and its own later draws come after the sequence value
+/// it read first).
 static LOWEST_HELD: Statement = Statement {
     sql: "SELECT min((l.classid::int8 << 32) | l.objid::int8) FROM pg_catalog.pg_locks l
-          WHERE l.locktype = 'advisory' AND l.objsubid = 3 AND l.database = $1",
+          WHERE l.locktype = 'advisory' AND l.objsubid = 3 AND l.database = $1
+            AND l.pid <> pg_catalog.pg_backend_pid()",
     args: &[OIDOID],
     volatile: true,
 };

@@ -40,6 +40,16 @@ def test_a_held_transaction_holds_category_readers_back(connect, tenant):
     assert [g["global_position"] for g in got] == sorted(g["global_position"] for g in got)
 
 
+def test_a_transaction_reads_its_own_messages(connect, tenant):
+    cat = category()
+    conn = connect(tenant=tenant, autocommit=False)
+    write(conn, f"{cat}-1", {"n": 1})
+    write(conn, f"{cat}-2", {"n": 2})
+    assert len(category_after(conn, cat, 1)) == 2
+    conn.rollback()
+    assert category_after(conn, cat, 1) == []
+
+
 def test_writers_of_one_category_do_not_wait_for_each_other(connect, tenant):
     cat = category()
     a, b = connect(tenant=tenant, autocommit=False), connect(tenant=tenant, autocommit=False)
