@@ -223,3 +223,38 @@ def test_tenants_see_only_their_own_messages(mdb_factory):
         assert info.value.pgcode == "42501"
     finally:
         a.connection_pool.release(conn)
+
+
+def test_reader_access_reads_but_does_not_write(database, mdb, tenant):
+    import psycopg2
+    from message_db.client import MessageDB
+    from conftest import admin_connect, client, unique
+    stream = f"{category()}-1"
+    mdb.write(stream, "A", {})
+    reader, outsider = unique("mdbr"), unique("mdbo")
+    with admin_connect(database) as conn:
+        conn.execute(f'CREATE ROLE "{reader}" LOGIN')
+        conn.execute(f'CREATE ROLE "{outsider}" LOGIN')
+        conn.execute("SELECT eventstore.grant_access(%s, 'reader', tenant => %s)", (reader, tenant))
+        for role in (reader, outsider):
+            conn.execute(f'ALTER ROLE "{role}" SET search_path = message_store, public')
+    store = MessageDB.from_url(f"postgresql://{reader}@{client.HOST}:{client.PORT}/{database}", max_connections=2)
+    try:
+        assert [m["type"] for m in store.read_stream(stream)] == ["A"]
+        with pytest.raises(ValueError) as info:
+            store.write(stream, "B", {})
+        assert str(info.value).startswith("42501-")
+    finally:
+        store.connection_pool.closeall()
+    other = MessageDB.from_url(f"postgresql://{outsider}@{client.HOST}:{client.PORT}/{database}", max_connections=2)
+    try:
+        # without access the schema is not even on its search path
+        with pytest.raises(psycopg2.Error) as info:
+            other.read_stream(stream)
+        assert info.value.pgcode == "42883"
+        for query in ("SELECT * FROM message_store.get_stream_messages(%s)", "SELECT * FROM message_store.messages"):
+            with pytest.raises(psycopg2.Error) as info:
+                sql(other, query, (stream,) if "%s" in query else None)
+            assert info.value.pgcode == "42501"
+    finally:
+        other.connection_pool.closeall()
