@@ -5,7 +5,7 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.1
 need_pkgs=()
-for p in postgresql-15 postgresql-server-dev-15 postgresql-contrib clang libclang-dev sudo pkg-config libssl-dev python3-venv; do
+for p in postgresql-15 postgresql-server-dev-15 postgresql-contrib clang libclang-dev sudo pkg-config libssl-dev python3-venv libpq-dev python3-dev gcc; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

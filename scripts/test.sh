@@ -4,6 +4,8 @@
 #   pg_test    #[pg_test]s inside a throwaway PostgreSQL (cargo pgrx test, run as postgres)
 #   regress    pg_regress golden files for the public SQL surface
 #   client     pytest client tests against a real preloaded cluster (commits, many sessions)
+#   message_db the Message DB façade (schema message_store) driven by the PyPI client
+#              message-db-py, known answers, cross-API and no-skip concurrency (tests/message_db)
 #   fuzz       generated inputs for every public function: never XX000, never a crash, nothing
 #              written by a failed call (tests/fuzz, seeded: see its README)
 #   postgrest  a real PostgREST 12 in front of the same cluster, driven over HTTP with signed JWTs
@@ -60,6 +62,10 @@ layer regress 'All [0-9]+ tests passed' '[0-9]+ of ' \
 layer client '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
   "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/client"
+
+layer message_db '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
+  env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \
+  "$VENV/bin/pytest" -q -p no:cacheprovider "$ROOT/tests/message_db"
 
 layer fuzz '[0-9]+ passed' '[0-9]+ failed|[0-9]+ errors?' \
   env EVENTSTORE_TEST_HOST=127.0.0.1 EVENTSTORE_TEST_PORT="$TEST_PORT" EVENTSTORE_TEST_CLUSTER="$TEST_DIR" \

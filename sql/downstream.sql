@@ -10,7 +10,21 @@ CREATE TABLE eventstore.subscriptions (
     checkpoint_position  bigint      NOT NULL DEFAULT 0,
     created_at           timestamptz NOT NULL DEFAULT statement_timestamp(),
     updated_at           timestamptz NOT NULL DEFAULT statement_timestamp(),
+    -- members of a consumer group split the streams (member 0's checkpoint is the one above)
+    consumer_group_size  int         NOT NULL DEFAULT 1,
     PRIMARY KEY (tenant_id, name)
+);
+
+-- The checkpoints of consumer group members 1 .. size - 1 of a subscription.
+CREATE TABLE eventstore.subscription_members (
+    tenant_id            text        NOT NULL,
+    name                 text        NOT NULL,
+    member               int         NOT NULL,
+    checkpoint_xid       xid8        NOT NULL DEFAULT '0',
+    checkpoint_position  bigint      NOT NULL DEFAULT 0,
+    updated_at           timestamptz NOT NULL DEFAULT statement_timestamp(),
+    PRIMARY KEY (tenant_id, name, member),
+    FOREIGN KEY (tenant_id, name) REFERENCES eventstore.subscriptions (tenant_id, name) ON DELETE CASCADE
 );
 
 CREATE TABLE eventstore.projections (
@@ -48,6 +62,7 @@ CREATE TABLE eventstore.parked_events (
 );
 
 SELECT pg_catalog.pg_extension_config_dump('eventstore.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('eventstore.subscription_members', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.projections', '');
 SELECT pg_catalog.pg_extension_config_dump('eventstore.parked_events', '');
 

@@ -8,6 +8,7 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['streams', 'events', 'aggregates', 'reducers', 'snapshots',
                              'event_schemas', 'upcasters', 'redactions', 'subscriptions',
+                             'subscription_members',
                              'projections', 'parked_events', 'webhook_endpoints',
                              'webhook_deliveries', 'webhook_attempts', 'api_request_log',
                              'api_version_usage']
@@ -28,9 +29,10 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
             'current_tenant', 'read_stream', 'stream_version', 'read_all', 'feed_lag',
             'get_event_store_stats', 'get_aggregate_state', 'create_subscription',
             'poll_subscription', 'ack_subscription', 'drop_subscription', 'projection_status',
-            'worker_status', 'route_api_call', 'get_active_api_version', 'notification_channel']
+            'worker_status', 'route_api_call', 'get_active_api_version', 'notification_channel',
+            '_position_horizon']
         WHEN 'writer' THEN ARRAY[
-            'append_event', 'append_events', 'create_snapshot']
+            'append_event', 'append_events', 'create_snapshot', '_write_message']
         WHEN 'admin' THEN ARRAY[
             'delete_stream', 'grant_access', 'define_aggregate', 'define_reducer',
             'register_event_schema', 'register_upcaster', 'redact_event', 'redact_subject',
@@ -104,6 +106,10 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role);
     END LOOP;
+    -- the Message DB façade: its functions act with the caller's rights (write_message through
+    -- eventstore._write_message, granted to writers above), its view is under RLS
+    EXECUTE format('GRANT USAGE ON SCHEMA message_store TO %I', role);
+    EXECUTE format('GRANT SELECT ON message_store.messages TO %I', role);
 END
 $$;
 COMMENT ON FUNCTION eventstore.grant_access(name, text, text) IS

@@ -24,6 +24,9 @@ pub enum Kind {
     NotFound,
     /// 42883: a handler function that was dropped after it was registered.
     HandlerMissing,
+    /// P0001: an error of the Message DB functions, raised with Message DB's own text (its
+    /// clients parse it), such as its wrong expected version.
+    MessageStore,
     /// XX000: a bug of ours, never a user's mistake.
     Internal,
 }
@@ -39,6 +42,7 @@ impl Kind {
             Kind::WrongState => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Kind::NotFound => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             Kind::HandlerMissing => PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+            Kind::MessageStore => PgSqlErrorCode::ERRCODE_RAISE_EXCEPTION,
             Kind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }

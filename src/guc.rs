@@ -25,6 +25,11 @@ static REQUIRE_TENANT: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Superuser-only, so no application role can set it.
 static REDACTING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `message_store.sql_condition`: as in Message DB, the `condition` argument of the
+/// message_store read functions (SQL appended to their query, run as the caller) is refused
+/// unless this is on. Anyone may set it; sql/message_store.sql reads it with current_setting().
+static SQL_CONDITION: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// `eventstore.database`: when set, the only database(s) the background workers serve,
 /// comma-separated. Empty (the default): every database in which eventstore is installed.
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -269,7 +274,21 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"message_store.sql_condition",
+        c"Allow the condition argument of the Message DB read functions.",
+        c"Off by default, as in Message DB: a condition is SQL text added to the query.",
+        &SQL_CONDITION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     reserve_prefix(c"eventstore");
+}
+
+/// Whether `condition` is allowed in the Message DB read functions.
+#[allow(dead_code)] // read in SQL (sql/message_store.sql), where Message DB reads it
+pub fn sql_condition() -> bool {
+    SQL_CONDITION.get()
 }
 
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]

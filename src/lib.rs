@@ -35,6 +35,7 @@ extension_sql_file!("../sql/state.sql", name = "state", requires = ["schema"]);
 extension_sql_file!("../sql/downstream.sql", name = "downstream", requires = ["schema"]);
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
 extension_sql_file!("../sql/webhooks.sql", name = "webhooks", requires = ["schema"]);
+extension_sql_file!("../sql/message_store.sql", name = "message_store", requires = ["schema", api::admin::current_tenant, api::message_store::_write_message, api::message_store::_position_horizon]);
 extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]

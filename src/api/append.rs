@@ -83,7 +83,7 @@ fn batch_place(path: &str) -> Option<(String, String)> {
 
 /// A jsonb argument that must be an object: returns it and its number of keys, or a 22023 that
 /// says what it was instead.
-fn object(what: &str, value: Option<RawJsonb>) -> Result<(RawJsonb, u32)> {
+pub(crate) fn object(what: &str, value: Option<RawJsonb>) -> Result<(RawJsonb, u32)> {
     match value.map(|v| (v, v.root())) {
         Some((v, Root::Object(keys))) => Ok((v, keys)),
         // the error path names the exact kind; a scalar is no deeper than itself
@@ -95,7 +95,7 @@ fn object(what: &str, value: Option<RawJsonb>) -> Result<(RawJsonb, u32)> {
 
 /// Settles the event's schema version (the one given, else the newest registered, else 1) and
 /// validates the payload against that version's JSON Schema, if one is registered (23514).
-fn check_schema(tenant: &str, event: &mut NewEvent, what: &str, payload: impl FnOnce() -> Result<serde_json::Value>) -> Result<()> {
+pub(crate) fn check_schema(tenant: &str, event: &mut NewEvent, what: &str, payload: impl FnOnce() -> Result<serde_json::Value>) -> Result<()> {
     let schemas = definition_cache::schemas(tenant, &event.event_type)?;
     let Some(latest) = schemas.latest() else {
         return Ok(());

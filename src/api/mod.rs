@@ -6,6 +6,7 @@ pub mod append;
 pub mod compat;
 pub mod evolution;
 pub mod gdpr;
+pub mod message_store;
 pub mod projections;
 pub mod read;
 pub mod state;

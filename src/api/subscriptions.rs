@@ -6,18 +6,30 @@ use pgrx::prelude::*;
 use crate::datum::FeedRow;
 use crate::error::Error;
 use crate::feed::Cursor;
-use crate::store::subscriptions;
+use crate::store::subscriptions::{self, Schema};
 use crate::{input, tenant};
 
 /// A named consumer of the feed with its checkpoint kept in the database; starts at the
 /// beginning of the feed or at its current end. Returns the starting cursor.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe, security_definer, name = "create_subscription")]
 #[search_path(pg_catalog, pg_temp)]
-fn create_subscription(
+fn create_group_subscription(
     name: Option<&str>,
     event_types: default!(Option<Vec<Option<String>>>, "NULL"),
     aggregate_types: default!(Option<Vec<Option<String>>>, "NULL"),
     start_from: default!(Option<&str>, "'beginning'"),
+    consumer_group_size: default!(Option<i32>, 1),
+) -> Result<String, ErrorReport> {
+    create(name, event_types, aggregate_types, start_from, consumer_group_size, Schema::Groups)
+}
+
+fn create(
+    name: Option<&str>,
+    event_types: Option<Vec<Option<String>>>,
+    aggregate_types: Option<Vec<Option<String>>>,
+    start_from: Option<&str>,
+    consumer_group_size: Option<i32>,
+    schema: Schema,
 ) -> Result<String, ErrorReport> {
     let name = input::name("name", name)?;
     let event_types = input::no_nulls("event_types", event_types)?;
@@ -31,30 +43,62 @@ fn create_subscription(
                 .into());
         }
     };
-    Ok(subscriptions::create(&tenant::current()?, &name, event_types, aggregate_types, from_end)?)
+    let group_size = match consumer_group_size {
+        Some(n) if (1..=subscriptions::MAX_GROUP_SIZE).contains(&n) => n,
+        other => {
+            return Err(Error::invalid("consumer_group_size is out of range")
+                .detail(format!(
+                    "consumer_group_size is {}; it must be between 1 and {}",
+                    other.map_or("null".into(), |n| n.to_string()),
+                    subscriptions::MAX_GROUP_SIZE
+                ))
+                .into());
+        }
+    };
+    Ok(subscriptions::create(&tenant::current()?, &name, event_types, aggregate_types, from_end, group_size, schema)?)
 }
 
 /// The next events after the subscription's checkpoint (which polling does not move).
-#[pg_extern(stable, parallel_unsafe, security_definer)]
+#[pg_extern(stable, parallel_unsafe, security_definer, name = "poll_subscription")]
 #[search_path(pg_catalog, pg_temp)]
-fn poll_subscription(
+fn poll_group_subscription(
     name: Option<&str>,
     max_count: default!(Option<i32>, 100),
+    member: default!(Option<i32>, 0),
+) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
+    poll(name, max_count, member, Schema::Groups)
+}
+
+fn poll(
+    name: Option<&str>,
+    max_count: Option<i32>,
+    member: Option<i32>,
+    schema: Schema,
 ) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
     let name = input::name("name", name)?;
     let max_count = input::max_count(max_count)?;
-    let rows = subscriptions::poll(&tenant::current()?, &name, max_count)?;
+    let member = input::required(member, "member")?;
+    let rows = subscriptions::poll(&tenant::current()?, &name, max_count, member, schema)?;
     Ok(SetOfIterator::new(rows.into_iter().map(FeedRow)))
 }
 
 /// Moves the checkpoint to `cursor` (the cursor of the last event handled); never backwards.
 /// Returns whether it moved.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe, security_definer, name = "ack_subscription")]
 #[search_path(pg_catalog, pg_temp)]
-fn ack_subscription(name: Option<&str>, cursor: Option<&str>) -> Result<bool, ErrorReport> {
+fn ack_group_subscription(
+    name: Option<&str>,
+    cursor: Option<&str>,
+    member: default!(Option<i32>, 0),
+) -> Result<bool, ErrorReport> {
+    ack(name, cursor, member, Schema::Groups)
+}
+
+fn ack(name: Option<&str>, cursor: Option<&str>, member: Option<i32>, schema: Schema) -> Result<bool, ErrorReport> {
     let name = input::name("name", name)?;
     let cursor = Cursor::parse(input::required(cursor, "cursor")?)?;
-    Ok(subscriptions::ack(&tenant::current()?, &name, cursor)?)
+    let member = input::required(member, "member")?;
+    Ok(subscriptions::ack(&tenant::current()?, &name, cursor, member, schema)?)
 }
 
 /// The current tenant's own notification channel: LISTEN to it for the aggregate types each
@@ -71,4 +115,27 @@ fn drop_subscription(name: Option<&str>) -> Result<(), ErrorReport> {
     let name = input::name("name", name)?;
     subscriptions::drop(&tenant::current()?, &name)?;
     Ok(())
+}
+
+// The 0.1.0 forms, under their 0.1.0 symbols: a 0.1.0 install calls them with fewer arguments
+// until ALTER EXTENSION eventstore UPDATE replaces its functions.
+
+#[pg_extern(sql = false)]
+fn create_subscription(
+    name: Option<&str>,
+    event_types: Option<Vec<Option<String>>>,
+    aggregate_types: Option<Vec<Option<String>>>,
+    start_from: Option<&str>,
+) -> Result<String, ErrorReport> {
+    create(name, event_types, aggregate_types, start_from, Some(1), Schema::V1)
+}
+
+#[pg_extern(sql = false)]
+fn poll_subscription(name: Option<&str>, max_count: Option<i32>) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
+    poll(name, max_count, Some(0), Schema::V1)
+}
+
+#[pg_extern(sql = false)]
+fn ack_subscription(name: Option<&str>, cursor: Option<&str>) -> Result<bool, ErrorReport> {
+    ack(name, cursor, Some(0), Schema::V1)
 }

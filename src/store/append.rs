@@ -176,6 +176,8 @@ pub fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option
         let n = events.len() as i64;
         let upsert = matches!(expected, None | Some(0));
         let [tenant, aggregate_type, aggregate_id] = stream.key();
+        // before the statement draws positions: Message DB's category reads stop below it
+        super::horizon::guard(client)?;
         let table = match body {
             Body::One { payload, metadata } => {
                 let e = &events[0];

@@ -7,6 +7,7 @@ pub mod caller;
 pub mod definition_cache;
 pub mod definition_writes;
 pub mod handlers;
+pub mod horizon;
 pub mod append;
 pub mod plans;
 pub mod projection_batches;
