@@ -38,7 +38,8 @@ use serde_json::Value;
 use crate::datum::{RawJsonb, RegProcedure};
 use crate::error::{Error, Result};
 use crate::json::TransformProgram;
-use crate::store::versioning::{self, Request};
+use crate::store::{api_usage, versioning};
+use crate::versioning::call::{self, Request};
 use crate::versioning::http;
 use crate::versioning::semver::Version;
 use crate::{input, tenant};
@@ -153,7 +154,7 @@ fn route_api_call(
     payload: default!(Option<RawJsonb>, "'{}'"),
     requested_version: default!(Option<&str>, "NULL"),
 ) -> Result<JsonB, ErrorReport> {
-    Ok(JsonB(versioning::route_call(Request { name, payload, requested_version })?))
+    Ok(JsonB(call::route_call(Request { name, payload, requested_version })?))
 }
 
 /// Usage of the current tenant per day (UTC), version and rpc between `since` and `until`
@@ -186,7 +187,7 @@ fn get_api_usage(
             .hint("Both days are included: pass until on or after since.")
             .into());
     }
-    Ok(TableIterator::new(versioning::usage(&tenant::current()?, since, until)?))
+    Ok(TableIterator::new(api_usage::usage(&tenant::current()?, since, until)?))
 }
 
 fn parse_version(what: &str, text: Option<&str>) -> Result<Version> {

@@ -3,6 +3,7 @@
 //! not subject to row-level security.
 
 pub mod admin;
+pub mod api_usage;
 pub mod caller;
 pub mod definition_cache;
 pub mod definition_writes;

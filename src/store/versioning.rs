@@ -1,41 +1,32 @@
-//! API versioning: the registered versions, routes and changes, the hot switch,
-//! route_api_call's handler call and request log, and usage.
+//! API versioning: the registered versions, routes and changes, and the hot switch. A call
+//! itself is src/versioning/call.rs; its log and usage src/store/api_usage.rs.
 //!
 //! The definitions are read in one statement (one snapshot: a switch is seen whole or not at
 //! all) into a `Catalog`, cached per backend (src/cache.rs) and dropped when any of the
 //! definition tables changes. A call resolves its version from the catalog it started with, so
 //! calls already running finish on the version they resolved while a switch commits.
-//!
-//! Usage has no hot row: the only write of a call is its own `api_request_log` row, and
-//! get_api_usage() aggregates the log of the days asked for through an index on
-//! (tenant_id, day), exact by construction. Days that are over, and that no running transaction
-//! can still log a call for, are rolled up into `api_version_usage` the first time they are
-//! asked for and read from there afterwards.
 
 use std::rc::Rc;
-use std::time::Instant;
 
-use pgrx::datum::{Date, DatumWithOid, TimestampWithTimeZone};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgOid};
+use pgrx::JsonB;
 use serde_json::{Value, json};
 
-use super::caller::{as_caller, subtransaction};
-use super::plans::{Statement, run, run_dynamic};
+use super::plans::{Statement, run};
 use crate::cache::{self, Memo};
-use crate::datum::{RawJsonb, RegProcedure, Root};
+use crate::datum::RegProcedure;
 use crate::error::{Error, Kind, Result};
 use crate::json::TransformProgram;
-use crate::versioning::http::{self, RequestHeaders};
-use crate::versioning::route::{self, ApiVersion, Call, Catalog, Plan, Refusal};
+use crate::versioning::http;
+use crate::versioning::route::{ApiVersion, Catalog};
 use crate::versioning::semver::Version;
-use crate::versioning::unlogged;
-use crate::{guc, tenant};
+use crate::guc;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+pub const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// The current time, in microseconds since the Unix epoch.
 pub fn unix_now() -> i64 {
@@ -186,12 +177,12 @@ static INSERT_DEPLOYMENT: Statement = Statement {
 };
 
 /// The role that called the extension.
-fn caller() -> pg_sys::Oid {
+pub fn caller() -> pg_sys::Oid {
     unsafe { pg_sys::GetOuterUserId() }
 }
 
 /// The JWT subject of a PostgREST call, if any.
-fn jwt_sub() -> Option<String> {
+pub fn jwt_sub() -> Option<String> {
     let claims = guc::by_name(c"request.jwt.claims")?;
     let claims: Value = serde_json::from_str(&claims).ok()?;
     match &claims["sub"] {
@@ -539,331 +530,3 @@ pub fn active() -> Result<Value> {
     }))
 }
 
-// --- route_api_call --------------------------------------------------------------------------
-
-/// One call, from the arguments of route_api_call to the envelope it returns.
-pub struct Request<'a> {
-    pub name: Option<&'a str>,
-    pub payload: Option<RawJsonb>,
-    pub requested_version: Option<&'a str>,
-}
-
-/// What a call answers: data, or a refusal with its status.
-enum Answer {
-    Data(Value),
-    Refused(Refusal),
-}
-
-static LOG_CALL: Statement = Statement {
-    sql: "INSERT INTO eventstore.api_request_log (request_id, tenant_id, requested_at, day, rpc_name, requested_version,
-              version, version_source, fallback_from, status, error_code, duration_ms, role, jwt_sub, client_app,
-              client_version, client_region)
-          VALUES ($1, $2, $3, ($3 AT TIME ZONE 'UTC')::date, $4, $5, $6, $7, $8, $9::smallint, $10, $11,
-                  pg_get_userbyid($12), $13, $14, $15, $16)",
-    args: &[UUIDOID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID, FLOAT8OID, OIDOID,
-            TEXTOID, TEXTOID, TEXTOID, TEXTOID],
-    volatile: true,
-};
-
-/// route_api_call: resolves the version, runs the handler (as the caller, in a
-/// subtransaction) through the version changes in between, sets `response.status` and
-/// `response.headers` for PostgREST, logs the call and returns the envelope. Client mistakes
-/// and handler failures are answers, never errors, so the log row commits with the answer.
-pub fn route_call(request: Request<'_>) -> Result<Value> {
-    let started = Instant::now();
-    let now = unix_now();
-    let request_id = uuid::Uuid::now_v7();
-    let tenant = tenant::current()?;
-    let headers = RequestHeaders::from_setting(guc::by_name(c"request.headers").as_deref());
-    let catalog = catalog()?;
-    let resolution = route::resolve(&catalog, &Call {
-        rpc: request.name,
-        requested_version: request.requested_version,
-        headers: &headers,
-        now,
-    });
-    let (answer, served, fallback_from) = match resolution.outcome {
-        Err(refusal) => {
-            let version = refusal.version;
-            (Answer::Refused(refusal), version, None)
-        }
-        Ok(plan) => {
-            let rpc = request.name.map(str::trim).unwrap_or_default();
-            (answer(&catalog, &plan, rpc, request.payload), Some(plan.version), plan.fallback_from)
-        }
-    };
-    let served = served.map(|i| &catalog.versions[i]);
-    // what PostgREST sends: the status of a refusal (a handler may set its own, 201 or 202,
-    // which the log keeps), and the deprecation headers of the version that answered
-    let status = match &answer {
-        Answer::Data(_) => guc::by_name(c"response.status")
-            .and_then(|s| s.trim().parse::<u16>().ok())
-            .filter(|s| (100..=599).contains(s))
-            .unwrap_or(200),
-        Answer::Refused(r) => r.status,
-    };
-    if let Answer::Refused(r) = &answer {
-        crate::guc::set_local(c"response.status", &r.status.to_string());
-    }
-    let deprecation = served.and_then(ApiVersion::deprecation);
-    if let Some(version) = served.filter(|_| deprecation.is_some()) {
-        let merged = http::merge_response_headers(guc::by_name(c"response.headers").as_deref(), &version.deprecation_headers());
-        crate::guc::set_local(c"response.headers", &merged);
-    }
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut meta = json!({
-        "version": served.map(|v| v.name.as_str()),
-        "requested_version": resolution.requested,
-        "request_id": request_id.to_string(),
-        "timestamp": http::rfc3339(now),
-        "processing_ms": (duration_ms * 1000.0).round() / 1000.0,
-    });
-    if let Some(deprecation) = deprecation {
-        meta["deprecation"] = deprecation;
-    }
-    // a standby or a read-only transaction cannot write the log: counted in memory instead
-    let logged = !unlogged::read_only();
-    if !logged {
-        meta["logged"] = json!(false);
-    }
-    let (envelope, error_code) = match answer {
-        Answer::Data(data) => (json!({"success": true, "data": data, "meta": meta}), None),
-        Answer::Refused(r) => (
-            json!({"success": false, "error": {"code": r.code, "message": r.message, "details": r.details}, "meta": meta}),
-            Some(r.code),
-        ),
-    };
-    let rpc_name = request.name.map(str::trim).filter(|n| !n.is_empty()).map(|n| n.chars().take(route::MAX_RPC_CHARS).collect::<String>());
-    if !logged {
-        let version = served.map(|v| v.name.as_str());
-        let call = unlogged::Call { at: now, tenant: &tenant, version, rpc: rpc_name.as_deref(), duration_ms, status };
-        unlogged::count(&call);
-        return Ok(envelope);
-    }
-    let requested_at = TimestampWithTimeZone::try_from(now - PG_EPOCH_MICROS).ok();
-    crate::versioning::async_log::write_log(|| Spi::connect(|client| {
-        run(client, &LOG_CALL, &[
-            pgrx::Uuid::from_bytes(*request_id.as_bytes()).into(),
-            tenant.as_str().into(),
-            requested_at.into(),
-            rpc_name.into(),
-            http::for_log(resolution.requested.as_deref()).into(),
-            served.map(|v| v.name.as_str()).into(),
-            resolution.source.as_str().into(),
-            fallback_from.map(|i| catalog.versions[i].name.as_str()).into(),
-            i32::from(status).into(),
-            error_code.into(),
-            duration_ms.into(),
-            caller().into(),
-            jwt_sub().into(),
-            http::for_log(headers.app_name.as_deref()).into(),
-            http::for_log(headers.app_version.as_deref()).into(),
-            http::for_log(headers.client_region.as_deref()).into(),
-        ])
-        .map(|_| ())
-    }))?;
-    Ok(envelope)
-}
-
-/// Runs a planned call: the payload checked and reshaped up to the handler's version, the
-/// handler run, its result reshaped back down.
-fn answer(catalog: &Catalog, plan: &Plan<'_>, rpc: &str, payload: Option<RawJsonb>) -> Answer {
-    let version = &catalog.versions[plan.version].name;
-    let payload = match payload {
-        None => None,
-        Some(raw) => match raw.root() {
-            Root::Object(_) => Some(raw),
-            other => {
-                let kind = match other {
-                    Root::Array => "an array",
-                    _ => "a scalar",
-                };
-                return Answer::Refused(Refusal {
-                    status: 400,
-                    code: "invalid_payload",
-                    message: "payload must be a JSON object".into(),
-                    details: json!({"rpc": rpc, "version": version, "payload": kind}),
-                    version: Some(plan.version),
-                });
-            }
-        },
-    };
-    // without changes to apply the payload goes to the handler untouched
-    let argument: DatumWithOid<'_> = if plan.upgrades.is_empty() {
-        match payload {
-            Some(raw) => raw.into(),
-            None => JsonB(json!({})).into(),
-        }
-    } else {
-        let max = crate::guc::max_json_depth();
-        let upgraded = payload.map(|p| p.value("payload")).unwrap_or_else(|| Ok(json!({}))).and_then(|mut doc| {
-            for t in &plan.upgrades {
-                t.apply(&mut doc, max).map_err(|deep| crate::jsonb::too_deep("payload", &deep))?;
-            }
-            Ok(doc)
-        });
-        match upgraded {
-            Ok(doc) => JsonB(doc).into(),
-            Err(e) => {
-                return Answer::Refused(Refusal {
-                    status: 400,
-                    code: "invalid_payload",
-                    message: e.message,
-                    details: json!({"rpc": rpc, "version": version, "detail": e.detail}),
-                    version: Some(plan.version),
-                });
-            }
-        }
-    };
-    if let Some(oid) = plan.handler.strip_prefix('#') {
-        return Answer::Refused(Refusal {
-            status: 500,
-            code: "handler_error",
-            message: format!("the handler of rpc \"{rpc}\" at api version {version} does not exist"),
-            details: json!({"handler_oid": oid, "message": "the function was dropped"}),
-            version: Some(plan.version),
-        });
-    }
-    let sql = format!("SELECT {}($1)", plan.handler);
-    let outcome = subtransaction(|| {
-        Spi::connect(|client| {
-            as_caller(|| {
-                let table = run_dynamic(client, &sql, &[PgOid::BuiltIn(JSONBOID)], &[argument])?;
-                let answer = table.first().get::<crate::datum::RawJsonb>(1)?;
-                answer.map(|a| a.value("the handler's answer")).transpose()
-            })
-        })
-    });
-    match outcome {
-        Ok(data) => {
-            let mut data = data.unwrap_or(Value::Null);
-            let max = crate::guc::max_json_depth();
-            for t in &plan.downgrades {
-                if let Err(deep) = t.apply(&mut data, max) {
-                    let e = crate::jsonb::too_deep("the handler's answer", &deep);
-                    return Answer::Refused(Refusal {
-                        status: 500,
-                        code: "handler_error",
-                        message: format!("rpc \"{rpc}\" failed at api version {version}"),
-                        details: json!({"sqlstate": "22023", "message": e.message, "detail": e.detail, "hint": null}),
-                        version: Some(plan.version),
-                    });
-                }
-            }
-            Answer::Data(data)
-        }
-        Err(failure) => Answer::Refused(Refusal {
-            status: 500,
-            code: "handler_error",
-            message: format!("rpc \"{rpc}\" failed at api version {version}"),
-            details: json!({
-                "sqlstate": failure.sqlstate,
-                "message": failure.message,
-                "detail": failure.detail,
-                "hint": failure.hint,
-            }),
-            version: Some(plan.version),
-        }),
-    }
-}
-
-
-// --- usage -----------------------------------------------------------------------------------
-
-/// The first day a running transaction may still log a call for (days before it are over);
-/// NULL when nothing may be rolled up here (read-only, a standby, or prepared transactions
-/// whose start is unknown).
-static FIRST_OPEN_DAY: Statement = Statement {
-    sql: "SELECT CASE WHEN pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean
-                        OR EXISTS (SELECT 1 FROM pg_prepared_xacts) THEN NULL
-                      ELSE (SELECT (min(a.xact_start) AT TIME ZONE 'UTC')::date
-                            FROM pg_stat_activity a WHERE a.xact_start IS NOT NULL) END",
-    args: &[],
-    volatile: true,
-};
-
-/// Rolled-up days as they are, the other days aggregated from the log; the last column says
-/// whether a row of the log is of a day that is over.
-static USAGE: Statement = Statement {
-    sql: "WITH cached AS (
-            SELECT u.day, nullif(u.version, '') AS version, nullif(u.rpc_name, '') AS rpc_name,
-                   u.calls, u.errors, u.avg_ms, u.p95_ms
-            FROM eventstore.api_version_usage u
-            WHERE u.tenant_id = $1 AND u.day BETWEEN $2 AND $3
-          ), live AS (
-            SELECT l.day, l.version, l.rpc_name, count(*) AS calls,
-                   count(*) FILTER (WHERE l.status >= 400) AS errors,
-                   avg(l.duration_ms) AS avg_ms,
-                   percentile_cont(0.95) WITHIN GROUP (ORDER BY l.duration_ms) AS p95_ms
-            FROM eventstore.api_request_log l
-            WHERE l.tenant_id = $1 AND l.day BETWEEN $2 AND $3
-              AND l.day NOT IN (SELECT c.day FROM cached c)
-            GROUP BY l.day, l.version, l.rpc_name
-          )
-          SELECT day, version, rpc_name, calls, errors, avg_ms, p95_ms, false FROM cached
-          UNION ALL
-          SELECT day, version, rpc_name, calls, errors, avg_ms, p95_ms, coalesce(day < $4, false) FROM live
-          ORDER BY 1, 2 NULLS FIRST, 3 NULLS FIRST",
-    args: &[TEXTOID, DATEOID, DATEOID, DATEOID],
-    volatile: true,
-};
-
-static ROLL_UP: Statement = Statement {
-    sql: "INSERT INTO eventstore.api_version_usage (tenant_id, day, version, rpc_name, calls, errors, avg_ms, p95_ms)
-          SELECT $1, l.day, coalesce(l.version, ''), coalesce(l.rpc_name, ''), count(*),
-                 count(*) FILTER (WHERE l.status >= 400), avg(l.duration_ms),
-                 percentile_cont(0.95) WITHIN GROUP (ORDER BY l.duration_ms)
-          FROM eventstore.api_request_log l
-          WHERE l.tenant_id = $1 AND l.day = ANY ($2)
-          GROUP BY l.day, coalesce(l.version, ''), coalesce(l.rpc_name, '')
-          ON CONFLICT DO NOTHING",
-    args: &[TEXTOID, DATEARRAYOID],
-    volatile: true,
-};
-
-/// One row of get_api_usage().
-pub type UsageRow = (Date, Option<String>, Option<String>, i64, i64, f64, f64);
-
-/// Usage of a tenant per day, version and rpc: calls, errors (status 400 and above), average
-/// and 95th percentile duration (interpolated), from every logged call of the days asked for.
-pub fn usage(tenant: &str, since: Date, until: Date) -> Result<Vec<UsageRow>> {
-    Spi::connect(|client| {
-        let first_open: Option<Date> = run(client, &FIRST_OPEN_DAY, &[])?.first().get_one()?;
-        let mut rows = Vec::new();
-        let mut closed = Vec::new();
-        for row in run(client, &USAGE, &[tenant.into(), since.into(), until.into(), first_open.into()])? {
-            let day: Date = row.get(1)?.ok_or_else(|| Error::new(Kind::Internal, "usage without a day"))?;
-            if row.get::<bool>(8)?.unwrap_or(false) && closed.last() != Some(&day) {
-                closed.push(day);
-            }
-            rows.push((
-                day,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?.unwrap_or_default(),
-                row.get(5)?.unwrap_or_default(),
-                row.get(6)?.unwrap_or_default(),
-                row.get(7)?.unwrap_or_default(),
-            ));
-        }
-        if !closed.is_empty() {
-            run(client, &ROLL_UP, &[tenant.into(), closed.into()])?;
-        }
-        Ok(rows)
-    })
-    .map(|rows| with_unlogged(tenant, since, until, rows))
-}
-
-/// The calls of this server that could not be logged, added to the logged ones.
-fn with_unlogged(tenant: &str, since: Date, until: Date, rows: Vec<UsageRow>) -> Vec<UsageRow> {
-    let memory = unlogged::usage(tenant, since.into_inner(), until.into_inner());
-    if memory.is_empty() {
-        return rows;
-    }
-    let mut all: Vec<unlogged::Usage> = rows
-        .into_iter()
-        .map(|r| unlogged::Usage { day: r.0.into_inner(), version: r.1, rpc: r.2, calls: r.3, errors: r.4, avg_ms: r.5, p95_ms: r.6 })
-        .collect();
-    unlogged::merge(&mut all, memory);
-    all.into_iter().map(|u| (Date::saturating_from_raw(u.day), u.version, u.rpc, u.calls, u.errors, u.avg_ms, u.p95_ms)).collect()
-}

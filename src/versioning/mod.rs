@@ -4,6 +4,7 @@
 //! `unlogged` counts the calls that cannot be logged (read-only, hot standby) in memory.
 
 pub mod async_log;
+pub mod call;
 pub mod http;
 pub mod route;
 pub mod semver;
