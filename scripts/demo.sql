@@ -43,7 +43,7 @@ CREATE FUNCTION public.count_event(e eventstore.event) RETURNS void LANGUAGE sql
 SELECT eventstore.register_projection('order_counts', 'public.count_event(eventstore.event)');
 DO $$
 BEGIN
-    -- the worker started with the server, before this database existed: it retries every 5 s
+    -- CREATE EXTENSION asked the launcher for a worker; it is there within a second or two
     FOR i IN 1..100 LOOP
         EXIT WHEN (SELECT lag = 0 FROM eventstore.projection_status() WHERE name = 'order_counts');
         PERFORM pg_sleep(0.1);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: install what is missing, build and install eventstore, start a local
-# PostgreSQL 15 (port 5440, eventstore preloaded, its background worker serving
+# PostgreSQL 15 (port 5440, eventstore preloaded; the launcher starts a worker for
 # eventstore_demo) in .cluster/, create the database eventstore_demo with the extension, and
 # run a short demo; then start PostgREST for that database on 127.0.0.1:3000 (its pid in
 # .cluster/postgrest.pid). Running it again restarts both cleanly.
@@ -31,7 +31,8 @@ stop_postgrest() {
 }
 stop_postgrest
 log "starting PostgreSQL 15 in $DIR on port $PORT"
-cluster_start "$DIR" "$PORT" "eventstore.database = 'eventstore_demo'"
+# no eventstore.database: the launcher gives every database with eventstore a worker
+cluster_start "$DIR" "$PORT"
 
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS eventstore_demo WITH (FORCE)" -c "CREATE DATABASE eventstore_demo"
