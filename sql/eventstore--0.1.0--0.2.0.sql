@@ -561,3 +561,18 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Deliveries keep no foreign key to their endpoint: its check locked the endpoint's row in every
+-- appending transaction that queued one (a multixact each, all writers sharing the row). A
+-- statement trigger deletes an endpoint's deliveries with it, as ON DELETE CASCADE did.
+ALTER TABLE eventstore.webhook_deliveries DROP CONSTRAINT webhook_deliveries_endpoint_id_fkey;
+CREATE FUNCTION eventstore._webhook_endpoints_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM eventstore.webhook_deliveries d USING deleted_endpoints o WHERE d.endpoint_id = o.endpoint_id;
+    RETURN NULL;
+END $$;
+REVOKE EXECUTE ON FUNCTION eventstore._webhook_endpoints_deleted() FROM PUBLIC;
+CREATE TRIGGER webhook_endpoints_cascade AFTER DELETE ON eventstore.webhook_endpoints
+    REFERENCING OLD TABLE AS deleted_endpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION eventstore._webhook_endpoints_deleted();

@@ -25,7 +25,9 @@ CREATE INDEX webhook_endpoints_tenant_idx ON eventstore.webhook_endpoints (tenan
 CREATE TABLE eventstore.webhook_deliveries (
     delivery_id          uuid         PRIMARY KEY,
     tenant_id            text         NOT NULL,
-    endpoint_id          uuid         NOT NULL REFERENCES eventstore.webhook_endpoints ON DELETE CASCADE,
+    -- no foreign key: its check would lock the endpoint's row in every appending transaction
+    -- (all of them sharing it: a multixact each); webhook_endpoints_cascade deletes with it
+    endpoint_id          uuid         NOT NULL,
     event_id             uuid         NOT NULL,
     event_type           text         NOT NULL,
     -- the event's place in the feed: deliveries to one endpoint go out in this order
@@ -46,6 +48,16 @@ CREATE TABLE eventstore.webhook_deliveries (
     delivered_at         timestamptz,
     UNIQUE (endpoint_id, event_id)
 );
+-- What ON DELETE CASCADE did: an endpoint's deliveries go with it.
+CREATE FUNCTION eventstore._webhook_endpoints_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM eventstore.webhook_deliveries d USING deleted_endpoints o WHERE d.endpoint_id = o.endpoint_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER webhook_endpoints_cascade AFTER DELETE ON eventstore.webhook_endpoints
+    REFERENCING OLD TABLE AS deleted_endpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION eventstore._webhook_endpoints_deleted();
 -- the head of each endpoint's queue
 CREATE INDEX webhook_deliveries_queue_idx ON eventstore.webhook_deliveries
     (endpoint_id, transaction_id, global_position) WHERE status IN ('pending', 'delivering');

@@ -62,12 +62,23 @@ pub fn guard(client: &pgrx::spi::SpiClient<'_>) -> Result<()> {
     let key = if xid != 0 && held_xid == xid {
         held_key
     } else {
-        let key = last_drawn(client)? + 1;
+        let key = last_drawn_now(client)? + 1;
         HELD.with(|h| h.set((xid, key)));
         key
     };
     unsafe { pg_sys::LockAcquire(&tag(key), pg_sys::ShareLock as i32, false, false) };
     Ok(())
+}
+
+/// The last position drawn, read straight from the sequence (no statement: this runs once per
+/// appending transaction); through SQL when the sequence cannot be found by name.
+fn last_drawn_now(client: &pgrx::spi::SpiClient<'_>) -> Result<i64> {
+    let sequence = crate::cache::table_oid(c"events_global_position_seq");
+    if sequence == pg_sys::InvalidOid {
+        return last_drawn(client);
+    }
+    let value: Option<i64> = unsafe { pgrx::direct_function_call(pg_sys::pg_sequence_last_value, &[Some(pg_sys::Datum::from(sequence))]) };
+    Ok(value.unwrap_or(0))
 }
 
 fn last_drawn(client: &pgrx::spi::SpiClient<'_>) -> Result<i64> {

@@ -1003,3 +1003,25 @@ def test_worker_killed_during_a_burst_loses_nothing(connect, tenant, receiver):
     assert {r["message_id"] for r in rows} == {c[0].headers["webhook-id"] for c in by_event.values()}
     print(f"killed after {sent_before} of 300 requests; {len(got) - 300} duplicates;"
           f" all arrived {recovered_in:.1f}s after the kill")
+
+
+def test_deleting_an_endpoint_deletes_its_deliveries_and_appends_take_no_lock_on_it(connect, tenant, receiver):
+    """Deliveries keep no foreign key to their endpoint (its check locked the endpoint's row in
+    every appending transaction); a trigger deletes them with the endpoint, as ON DELETE CASCADE
+    did."""
+    conn = connect(tenant=tenant)
+    keep_id, _ = create_endpoint(conn, receiver.url("/keep"), event_types=["Kept"])
+    gone_id, _ = create_endpoint(conn, receiver.url("/gone"), event_types=["Placed"])
+    with conn.transaction():
+        append(conn, "order", "o-9", "Placed", {"n": 1})
+        # the appending transaction holds no row lock on the endpoint
+        locks = conn.execute(
+            "SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE c.relname = 'webhook_endpoints' AND l.pid = pg_backend_pid() AND l.mode = 'RowShareLock'").fetchone()["n"]
+        assert locks == 0
+    append(conn, "order", "o-9", "Kept", {"n": 2})
+    assert len(deliveries(conn, gone_id)) == 1 and len(deliveries(conn, keep_id)) == 1
+    with admin_connect(conn.info.dbname) as admin:
+        admin.execute("DELETE FROM eventstore.webhook_endpoints WHERE endpoint_id = %s", (gone_id,))
+    assert deliveries(conn, gone_id) == []
+    assert len(deliveries(conn, keep_id)) == 1
