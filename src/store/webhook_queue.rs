@@ -101,7 +101,9 @@ static QUEUE_APPENDED: Statement = Statement {
     sql: concat!(
         "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
              transaction_id, global_position, message_id, body) ",
-        queue_select!("(SELECT * FROM eventstore.events WHERE tenant_id = $1 AND event_id = ANY ($2))"),
+        // by event id alone (OFFSET 0 keeps the tenant out of the scan): with the tenant in it the
+        // planner may AND in an index of the tenant's every event, a scan that grows with the log
+        queue_select!("(SELECT * FROM (SELECT * FROM eventstore.events WHERE event_id = ANY ($2) OFFSET 0) x WHERE x.tenant_id = $1)"),
         " ON CONFLICT (endpoint_id, event_id) DO NOTHING"
     ),
     args: &[TEXTOID, UUIDARRAYOID],
