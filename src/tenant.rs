@@ -56,7 +56,8 @@ pub fn mark_writing(tenant: &str) {
     thread_local! {
         static MARKED: std::cell::RefCell<(u32, String)> = const { std::cell::RefCell::new((0, String::new())) };
     }
-    let xid = unsafe { pgrx::pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+    // the transaction's local id: set when it starts, before it has an xid
+    let xid = unsafe { (*pgrx::pg_sys::MyProc).lxid };
     let done = MARKED.with(|m| {
         let m = m.borrow();
         xid != 0 && m.0 == xid && m.1 == tenant

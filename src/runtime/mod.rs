@@ -56,8 +56,17 @@ pub fn serving_slot() -> Option<usize> {
 
 /// Asks the launcher for a worker in this database when none runs yet (it looks at the
 /// databases again at once instead of at its next round).
+/// A backend asks at most every few seconds: in a database left without a worker (all
+/// `eventstore.max_workers` taken) every appending transaction would wake the launcher.
 pub fn want_worker() {
-    if preloaded() && slots::of(unsafe { pg_sys::MyDatabaseId }).is_none() && allowed(&current_database()) {
+    thread_local! {
+        static ASKED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    if !preloaded() || ASKED.with(|a| a.get()).is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(5)) {
+        return;
+    }
+    if slots::of(unsafe { pg_sys::MyDatabaseId }).is_none() && allowed(&current_database()) {
+        ASKED.with(|a| a.set(Some(std::time::Instant::now())));
         slots::wake_launcher();
     }
 }

@@ -57,7 +57,8 @@ pub fn guard(client: &pgrx::spi::SpiClient<'_>) -> Result<()> {
     thread_local! {
         static HELD: std::cell::Cell<(u32, i64)> = const { std::cell::Cell::new((0, 0)) };
     }
-    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+    // the transaction's local id: set when it starts, before it has an xid
+    let xid = unsafe { (*pg_sys::MyProc).lxid };
     let (held_xid, held_key) = HELD.with(|h| h.get());
     let key = if xid != 0 && held_xid == xid {
         held_key

@@ -42,7 +42,35 @@ macro_rules! event_columns {
          e.transaction_id, e.redacted_at"
     };
 }
+
+/// The feed after a cursor: only transactions below the snapshot's xmin are final, so only
+/// their events are returned, in (transaction id, position) order, which never changes once
+/// returned. `$1` tenant, `$2`/`$3` the cursor, `$4`/`$5` the event and aggregate type filters,
+/// `$6` the limit; `$extra` narrows it further (a consumer group member's streams).
+macro_rules! feed_query {
+    ($extra:expr) => {
+        concat!(
+            "SELECT ROW(",
+            $crate::store::event_columns!(),
+            ",
+                         lpad(to_hex(e.transaction_id::text::bigint), 16, '0') || '-'
+                           || lpad(to_hex(e.global_position), 16, '0'))::eventstore.feed_event
+              FROM eventstore.events e
+              WHERE e.tenant_id = $1
+                AND (e.transaction_id, e.global_position) > ($2::text::xid8, $3)
+                AND e.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+                AND ($4::text[] IS NULL OR e.event_type = ANY ($4))
+                AND ($5::text[] IS NULL OR e.aggregate_type = ANY ($5))
+                ",
+            $extra,
+            "
+              ORDER BY e.transaction_id, e.global_position
+              LIMIT $6"
+        )
+    };
+}
 pub(crate) use event_columns;
+pub(crate) use feed_query;
 
 /// The memory context a #[pg_extern] was called in: what it returns must live there, not in
 /// SPI's context (freed when SPI finishes) nor in the transaction's (which would grow with

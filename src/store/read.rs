@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::datum::RawJsonb;
 use pgrx::heap_tuple::PgHeapTuple;
 
-use super::event_columns;
+use super::{event_columns, feed_query};
 use super::definition_cache;
 use super::plans::{Statement, run, run_ordered};
 use super::{Row, Stream, caller_context, composites_in};
@@ -51,21 +51,7 @@ static STREAM_VERSION: Statement = Statement {
 /// standby the snapshot is built from the primary's transactions as replayed, and an xid below
 /// its xmin has ended there too (tests/replica/test_feed_soak.py).
 static READ_ALL: Statement = Statement {
-    sql: concat!(
-        "SELECT ROW(",
-        event_columns!(),
-        ",
-                     lpad(to_hex(e.transaction_id::text::bigint), 16, '0') || '-'
-                       || lpad(to_hex(e.global_position), 16, '0'))::eventstore.feed_event
-          FROM eventstore.events e
-          WHERE e.tenant_id = $1
-            AND (e.transaction_id, e.global_position) > ($2::text::xid8, $3)
-            AND e.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
-            AND ($4::text[] IS NULL OR e.event_type = ANY ($4))
-            AND ($5::text[] IS NULL OR e.aggregate_type = ANY ($5))
-          ORDER BY e.transaction_id, e.global_position
-          LIMIT $6"
-    ),
+    sql: feed_query!(""),
     args: &[TEXTOID, TEXTOID, INT8OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID],
     volatile: false,
 };

@@ -7,8 +7,8 @@
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 
-use super::plans::{Statement, run};
-use super::{Row, caller_context, composites_in, event_columns};
+use super::plans::{Statement, run, run_ordered};
+use super::{Row, caller_context, composites_in, feed_query};
 use crate::error::{Error, Kind, Result};
 use crate::feed::Cursor;
 
@@ -83,22 +83,7 @@ static ACK_MEMBER: Statement = Statement {
 
 /// The feed (as READ_ALL in store/read.rs) restricted to the streams of member $8 of $7.
 static READ_MEMBER: Statement = Statement {
-    sql: concat!(
-        "SELECT ROW(",
-        event_columns!(),
-        ",
-                     lpad(to_hex(e.transaction_id::text::bigint), 16, '0') || '-'
-                       || lpad(to_hex(e.global_position), 16, '0'))::eventstore.feed_event
-          FROM eventstore.events e
-          WHERE e.tenant_id = $1
-            AND (e.transaction_id, e.global_position) > ($2::text::xid8, $3)
-            AND e.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
-            AND ($4::text[] IS NULL OR e.event_type = ANY ($4))
-            AND ($5::text[] IS NULL OR e.aggregate_type = ANY ($5))
-            AND abs(mod(message_store.hash_64(message_store.cardinal_id(e.aggregate_type || '-' || e.aggregate_id)), $7)) = $8
-          ORDER BY e.transaction_id, e.global_position
-          LIMIT $6"
-    ),
+    sql: feed_query!("AND abs(mod(message_store.hash_64(message_store.cardinal_id(e.aggregate_type || '-' || e.aggregate_id)), $7)) = $8"),
     args: &[TEXTOID, TEXTOID, INT8OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT4OID, INT4OID],
     volatile: false,
 };
@@ -217,7 +202,7 @@ pub fn poll(tenant: &str, name: &str, max_count: i32, member: i32, schema: Schem
     }
     let context = caller_context();
     let mut rows = Spi::connect(|client| {
-        let table = run(client, &READ_MEMBER, &[
+        let table = run_ordered(client, &READ_MEMBER, &[
             tenant.into(),
             s.checkpoint.transaction_id.to_string().into(),
             s.checkpoint.position.into(),
