@@ -149,7 +149,7 @@ pub struct NewEvent {
 impl NewEvent {
     pub fn new(event_type: String, event_id: Option<Uuid>, schema_version: Option<i32>, lifted: Lifted) -> Self {
         NewEvent {
-            event_id: event_id.unwrap_or_else(Uuid::now_v7),
+            event_id: event_id.unwrap_or_else(crate::ids::new_v7),
             id_supplied: event_id.is_some(),
             event_type,
             schema_version,

@@ -13,6 +13,7 @@ mod datum;
 mod error;
 mod feed;
 mod guc;
+mod ids;
 mod input;
 mod json;
 mod jsonb;

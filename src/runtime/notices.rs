@@ -3,9 +3,16 @@
 //! turns on the notification queue's lock; here only the worker takes it), and the fact that
 //! events were committed at all. An appender wakes the worker only when it sleeps: a worker
 //! that is working looks at its queue again before it sleeps.
-
+//!
+//! The queue is under a lock, but a committer whose tenant and aggregate types are in it already
+//! (the common case under load: the same ones, again and again, until the worker takes them)
+//! takes no lock: the queue's generation, bumped by every take, tells it that what it left in
+//! this generation is still there, and `pending` and `sleeping` are atomics.
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::SeqCst};
 
+use pgrx::PgAtomic;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_guard;
 use pgrx::pg_sys;
@@ -34,11 +41,6 @@ pub struct NoticeQueue {
     pub len: usize,
     /// a notice did not fit: the worker says "something changed" without saying what
     pub overflowed: bool,
-    /// events were committed since the worker last took the queue
-    pub pending: bool,
-    /// the worker is about to sleep or sleeps: the next committer sets its latch
-    pub sleeping: bool,
-    pub latch: *mut pg_sys::Latch,
     pub notices: [Notice; NOTICES_PER_WORKER],
 }
 
@@ -54,9 +56,6 @@ impl Default for Notices {
             database_oid: pg_sys::InvalidOid,
             len: 0,
             overflowed: false,
-            pending: false,
-            sleeping: false,
-            latch: std::ptr::null_mut(),
             notices: [notice; NOTICES_PER_WORKER],
         };
         Notices { queues: [queue; MAX_WORKERS] }
@@ -67,8 +66,45 @@ unsafe impl PGRXSharedMemory for Notices {}
 
 pub static NOTICES: PgLwLock<Notices> = unsafe { PgLwLock::new(c"eventstore_worker_notices") };
 
+/// What committers read and set without the lock, per queue.
+#[derive(Default)]
+pub struct Flag {
+    /// bumped when the worker takes the queue or a worker opens it: what a committer left in an
+    /// earlier generation is gone
+    generation: AtomicU64,
+    /// events were committed since the worker last took the queue
+    pending: AtomicBool,
+    /// the worker is about to sleep or sleeps: the committer that clears this sets its latch
+    sleeping: AtomicBool,
+    latch: AtomicPtr<pg_sys::Latch>,
+}
+
+pub struct Flags {
+    queues: [Flag; MAX_WORKERS],
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags { queues: std::array::from_fn(|_| Flag::default()) }
+    }
+}
+
+unsafe impl PGRXSharedMemory for Flags {}
+
+static FLAGS: PgAtomic<Flags> = unsafe { PgAtomic::new(c"eventstore_worker_notice_flags") };
+
 pub(super) fn init() {
     pgrx::pg_shmem_init!(NOTICES);
+    pgrx::pg_shmem_init!(FLAGS);
+}
+
+fn flag(slot: usize) -> &'static Flag {
+    &FLAGS.get().queues[slot]
+}
+
+thread_local! {
+    /// what this backend left in the queue of (slot, generation): tenant -> aggregate types
+    static LEFT: RefCell<(usize, u64, Vec<(String, Vec<String>)>)> = const { RefCell::new((usize::MAX, 0, Vec::new())) };
 }
 
 /// The worker of `slot` starts: its queue starts empty, for its database.
@@ -78,10 +114,12 @@ pub fn open(slot: usize, database_oid: pg_sys::Oid) {
     queue.database_oid = database_oid;
     queue.len = 0;
     queue.overflowed = false;
+    let flag = flag(slot);
+    flag.generation.fetch_add(1, SeqCst);
     // what was committed before the worker started is found by its first round anyway
-    queue.pending = true;
-    queue.sleeping = false;
-    queue.latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch };
+    flag.pending.store(true, SeqCst);
+    flag.sleeping.store(false, SeqCst);
+    flag.latch.store(unsafe { &raw mut (*pg_sys::MyProc).procLatch }, SeqCst);
 }
 
 /// The worker of `slot` stops: committers leave nothing more.
@@ -89,26 +127,60 @@ pub fn close(slot: usize) {
     let mut notices = NOTICES.exclusive();
     let queue = &mut notices.queues[slot];
     queue.database_oid = pg_sys::InvalidOid;
-    queue.latch = std::ptr::null_mut();
-    queue.sleeping = false;
+    let flag = flag(slot);
+    flag.generation.fetch_add(1, SeqCst);
+    flag.latch.store(std::ptr::null_mut(), SeqCst);
+    flag.sleeping.store(false, SeqCst);
 }
 
 /// Leaves the tenants and aggregate types a committed transaction of database `database_oid`
 /// touched for the worker of `slot`, and wakes it if it sleeps. Never fails (it runs after the
 /// commit): what does not fit marks the queue overflowed.
 pub fn leave(slot: usize, database_oid: pg_sys::Oid, touched: &[(String, Vec<String>)]) {
-    let mut notices = NOTICES.exclusive();
-    let queue = &mut notices.queues[slot];
-    if queue.database_oid != database_oid {
-        return;
+    let flag = flag(slot);
+    // read after this transaction's commit: a take that bumps it later takes what this backend
+    // left in this generation, and notifies after this commit
+    let generation = flag.generation.load(SeqCst);
+    let covered = LEFT.with(|left| {
+        let left = left.borrow();
+        left.0 == slot && left.1 == generation && touched.iter().all(|(tenant, types)| {
+            left.2.iter().any(|(t, known)| t == tenant && types.iter().all(|ty| known.contains(ty)))
+        })
+    });
+    if !covered {
+        let mut notices = NOTICES.exclusive();
+        let queue = &mut notices.queues[slot];
+        if queue.database_oid != database_oid {
+            return;
+        }
+        for (tenant, types) in touched {
+            add(queue, tenant, types);
+        }
+        // under the lock, no take can come between the adds and this
+        let generation = flag.generation.load(SeqCst);
+        LEFT.with(|left| {
+            let mut left = left.borrow_mut();
+            if left.0 != slot || left.1 != generation {
+                *left = (slot, generation, Vec::new());
+            }
+            for (tenant, types) in touched {
+                match left.2.iter_mut().find(|(t, _)| t == tenant) {
+                    Some((_, known)) => known.extend(types.iter().filter(|ty| !known.contains(ty)).cloned().collect::<Vec<_>>()),
+                    None => left.2.push((tenant.clone(), types.clone())),
+                }
+            }
+        });
     }
-    queue.pending = true;
-    for (tenant, types) in touched {
-        add(queue, tenant, types);
+    if !flag.pending.load(SeqCst) {
+        flag.pending.store(true, SeqCst);
     }
-    if queue.sleeping && !queue.latch.is_null() {
-        queue.sleeping = false;
-        unsafe { pg_sys::SetLatch(queue.latch) };
+    // after `pending` is set: a worker that set `sleeping` before that is woken here, one that
+    // sets it later sees `pending` and does not sleep
+    if flag.sleeping.load(SeqCst) && flag.sleeping.swap(false, SeqCst) {
+        let latch = flag.latch.load(SeqCst);
+        if !latch.is_null() {
+            unsafe { pg_sys::SetLatch(latch) };
+        }
     }
 }
 
@@ -168,20 +240,25 @@ pub fn take(slot: usize) -> Taken {
     let taken = Taken { notices: taken, overflowed: queue.overflowed };
     queue.len = 0;
     queue.overflowed = false;
-    queue.pending = false;
+    let flag = flag(slot);
+    flag.pending.store(false, SeqCst);
+    flag.generation.fetch_add(1, SeqCst);
     taken
 }
 
 /// The worker of `slot` is about to sleep: true when it may (nothing was committed since it
 /// took the queue); from now on the next committer wakes it.
 pub fn going_to_sleep(slot: usize) -> bool {
-    let mut notices = NOTICES.exclusive();
-    let queue = &mut notices.queues[slot];
-    queue.sleeping = !queue.pending;
-    queue.sleeping
+    let flag = flag(slot);
+    flag.sleeping.store(true, SeqCst);
+    if flag.pending.load(SeqCst) {
+        flag.sleeping.store(false, SeqCst);
+        return false;
+    }
+    true
 }
 
 /// The worker of `slot` woke up.
 pub fn awake(slot: usize) {
-    NOTICES.exclusive().queues[slot].sleeping = false;
+    flag(slot).sleeping.store(false, SeqCst);
 }

@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid as PgUuid;
 
-use super::plans::{Statement, run};
+use super::plans::{Statement, run, run_generic};
 use super::{Row, Stream, caller_context, copy_composite};
 use crate::datum::RawJsonb;
 use crate::error::{Error, Kind, Result};
@@ -239,7 +239,7 @@ fn already_appended(
 ) -> Result<Option<Vec<Row>>> {
     let ids: Vec<PgUuid> = events.iter().filter(|e| e.id_supplied).map(|e| pg_uuid(e.event_id)).collect();
     let [tenant, aggregate_type, aggregate_id] = stream.key();
-    let table = run(client, &FIND_EVENT_IDS, &[tenant, aggregate_type, aggregate_id, ids.into()])?;
+    let table = run_generic(client, &FIND_EVENT_IDS, &[tenant, aggregate_type, aggregate_id, ids.into()])?;
     if table.is_empty() {
         return Ok(None);
     }

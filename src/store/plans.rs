@@ -80,13 +80,36 @@ pub fn run_ordered<'conn>(
     stmt: &'static Statement,
     args: &[DatumWithOid<'_>],
 ) -> Result<SpiTupleTable<'conn>> {
+    run_with(client, stmt, args, &[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"enable_sort", c"off")])
+}
+
+/// Runs a kept statement with its generic plan, always. PostgreSQL plans a statement anew for
+/// its parameters (a custom plan) as long as the generic plan's estimate is worse, and for a
+/// parameter that is an array (`= ANY ($1)`) it stays worse: planned again on every run, a
+/// one-row statement costs several times its execution. For statements whose plan does not
+/// depend on the values.
+pub fn run_generic<'conn>(
+    client: &SpiClient<'conn>,
+    stmt: &'static Statement,
+    args: &[DatumWithOid<'_>],
+) -> Result<SpiTupleTable<'conn>> {
+    run_with(client, stmt, args, &[(c"plan_cache_mode", c"force_generic_plan")])
+}
+
+/// Runs a kept statement with planner settings in force while it is planned and run.
+fn run_with<'conn>(
+    client: &SpiClient<'conn>,
+    stmt: &'static Statement,
+    args: &[DatumWithOid<'_>],
+    settings: &[(&std::ffi::CStr, &std::ffi::CStr)],
+) -> Result<SpiTupleTable<'conn>> {
     use pgrx::pg_sys;
     let level = unsafe { pg_sys::NewGUCNestLevel() };
-    for name in [c"enable_seqscan", c"enable_bitmapscan", c"enable_sort"] {
+    for (name, value) in settings {
         unsafe {
             pg_sys::set_config_option(
                 name.as_ptr(),
-                c"off".as_ptr(),
+                value.as_ptr(),
                 pg_sys::GucContext::PGC_USERSET,
                 pg_sys::GucSource::PGC_S_SESSION,
                 pg_sys::GucAction::GUC_ACTION_SAVE,

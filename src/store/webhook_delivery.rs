@@ -19,8 +19,9 @@ static ENDPOINTS_EXIST: Statement = Statement {
     volatile: true,
 };
 
-/// The first deliveries of every enabled endpoint's queue, in event order; only events whose
-/// transactions are all finished (below the snapshot's xmin), so the order cannot change.
+/// The first deliveries of every enabled endpoint's queue (but those in `$2`: rate-limited ones
+/// not due yet), in event order; only events whose transactions are all finished (below the
+/// snapshot's xmin), so the order cannot change.
 static HEADS: Statement = Statement {
     sql: "SELECT w.endpoint_id, w.url, w.secret,
                  CASE WHEN w.previous_secret_until > statement_timestamp() THEN w.previous_secret END,
@@ -35,9 +36,9 @@ static HEADS: Statement = Statement {
                 AND d.transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
               ORDER BY d.transaction_id, d.global_position
               LIMIT $1) d
-          WHERE w.enabled
+          WHERE w.enabled AND NOT (w.endpoint_id = ANY ($2))
           ORDER BY w.endpoint_id, d.transaction_id, d.global_position",
-    args: &[INT4OID],
+    args: &[INT4OID, UUIDARRAYOID],
     volatile: true,
 };
 
@@ -108,6 +109,8 @@ pub struct Endpoint {
     pub schedule: Vec<i32>,
     pub min_interval: Option<Duration>,
     pub queue: Vec<Delivery>,
+    /// more of its queue was due than its rate allows in this round
+    pub cut: bool,
 }
 
 /// At start: the leases of a worker that crashed are released at once (one worker serves a
@@ -116,16 +119,23 @@ pub fn release_leases() -> Result<()> {
     Spi::connect(|client| run(client, &RELEASE, &[]).map(drop))
 }
 
-/// Claims, for each enabled endpoint, the due head of its queue (at most `batch`), leased for
-/// `lease_seconds(longest queue)`; None when no endpoint is enabled.
-pub fn claim(batch: i32, lease_seconds: impl Fn(usize) -> f64) -> Result<Option<Vec<Endpoint>>> {
+/// Claims, for each enabled endpoint but those in `skip`, the due head of its queue (at most
+/// `batch`, and at most `allowance(endpoint, min_interval)` of it), leased for
+/// `lease_seconds(longest queue)`; None when no endpoint is enabled. An endpoint whose queue
+/// was cut by its allowance is marked `cut`.
+pub fn claim(
+    batch: i32,
+    skip: Vec<Uuid>,
+    allowance: impl Fn(Uuid, Option<Duration>) -> usize,
+    lease_seconds: impl Fn(usize) -> f64,
+) -> Result<Option<Vec<Endpoint>>> {
     Spi::connect(|client| {
         if !run(client, &ENDPOINTS_EXIST, &[])?.first().get_one::<bool>()?.unwrap_or(false) {
             return Ok(None);
         }
         let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
         let mut blocked = std::collections::HashSet::new();
-        for row in run(client, &HEADS, &[batch.into()])? {
+        for row in run(client, &HEADS, &[batch.into(), skip.into()])? {
             let id: Uuid = row.get(1)?.unwrap_or(Uuid::from_bytes([0; 16]));
             let key = id.to_string();
             if blocked.contains(&key) {
@@ -150,9 +160,14 @@ pub fn claim(batch: i32, lease_seconds: impl Fn(usize) -> f64) -> Result<Option<
                         schedule: row.get::<Vec<i32>>(5)?.unwrap_or_else(|| schedule::DEFAULT.to_vec()),
                         min_interval: rate.filter(|r| *r > 0).map(|r| Duration::from_secs_f64(1.0 / r as f64)),
                         queue: Vec::new(),
+                        cut: false,
                     })
                 }
             };
+            if endpoint.queue.len() >= allowance(endpoint.id, endpoint.min_interval) {
+                endpoint.cut = true;
+                continue;
+            }
             endpoint.queue.push(Delivery {
                 id: row.get(7)?.unwrap_or(Uuid::from_bytes([0; 16])),
                 tenant: row.get(8)?.unwrap_or_default(),
@@ -161,7 +176,7 @@ pub fn claim(batch: i32, lease_seconds: impl Fn(usize) -> f64) -> Result<Option<
                 attempts: row.get(11)?.unwrap_or(0),
             });
         }
-        let endpoints: Vec<Endpoint> = endpoints.into_values().collect();
+        let endpoints: Vec<Endpoint> = endpoints.into_values().filter(|e| !e.queue.is_empty()).collect();
         let ids: Vec<Uuid> = endpoints.iter().flat_map(|e| e.queue.iter().map(|d| d.id)).collect();
         if !ids.is_empty() {
             let longest = endpoints.iter().map(|e| e.queue.len()).max().unwrap_or(1);

@@ -6,32 +6,44 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 
 use super::Stream;
-use super::plans::{Statement, run};
+use super::plans::{Statement, run, run_generic};
 use crate::input::NewEvent;
 use crate::cache::Memo;
 use crate::error::{Error, Kind, Result};
 
-/// The body frozen at queue time, and the delivery row, built from events `e` and endpoints `w`.
+/// The body frozen at queue time (both queueing statements build it so), from event `e`.
+macro_rules! frozen_body {
+    () => {
+        "jsonb_build_object(
+            'type', e.event_type,
+            'timestamp', to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+            'data', jsonb_build_object(
+              'event_id', e.event_id, 'aggregate_type', e.aggregate_type,
+              'aggregate_id', e.aggregate_id, 'aggregate_version', e.aggregate_version,
+              'global_position', e.global_position, 'payload', e.payload,
+              'metadata', e.metadata))::text"
+    };
+}
+
+/// Whether endpoint `w` is enabled and wants event `e`.
+macro_rules! endpoint_wants {
+    () => {
+        "w.tenant_id = e.tenant_id AND w.enabled
+         AND (w.event_types IS NULL OR e.event_type = ANY (w.event_types))
+         AND (w.aggregate_types IS NULL OR e.aggregate_type = ANY (w.aggregate_types))"
+    };
+}
+
+/// The delivery rows of events `e` for every endpoint `w` that wants them.
 macro_rules! queue_select {
     ($events:literal) => {
         concat!(
             "SELECT q.id, q.tenant_id, q.endpoint_id, q.event_id, q.event_type, q.transaction_id,
                     q.global_position, 'msg_' || replace(q.id::text, '-', ''), q.body
              FROM (SELECT gen_random_uuid() AS id, e.tenant_id, w.endpoint_id, e.event_id, e.event_type,
-                          e.transaction_id, e.global_position,
-                          jsonb_build_object(
-                            'type', e.event_type,
-                            'timestamp', to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-                            'data', jsonb_build_object(
-                              'event_id', e.event_id, 'aggregate_type', e.aggregate_type,
-                              'aggregate_id', e.aggregate_id, 'aggregate_version', e.aggregate_version,
-                              'global_position', e.global_position, 'payload', e.payload,
-                              'metadata', e.metadata))::text AS body
+                          e.transaction_id, e.global_position, ", frozen_body!(), " AS body
                    FROM ", $events, " e
-                   JOIN eventstore.webhook_endpoints w
-                     ON w.tenant_id = e.tenant_id AND w.enabled
-                    AND (w.event_types IS NULL OR e.event_type = ANY (w.event_types))
-                    AND (w.aggregate_types IS NULL OR e.aggregate_type = ANY (w.aggregate_types))
+                   JOIN eventstore.webhook_endpoints w ON ", endpoint_wants!(), "
                    ORDER BY e.transaction_id, e.global_position) q"
         )
     };
@@ -59,12 +71,13 @@ pub fn any_endpoint() -> Result<bool> {
 
 /// The enabled endpoints of one tenant, with their filters.
 struct Filter {
+    endpoint_id: Uuid,
     event_types: Option<Vec<String>>,
     aggregate_types: Option<Vec<String>>,
 }
 
 static TENANT_ENDPOINTS: Statement = Statement {
-    sql: "SELECT w.event_types, w.aggregate_types FROM eventstore.webhook_endpoints w
+    sql: "SELECT w.event_types, w.aggregate_types, w.endpoint_id FROM eventstore.webhook_endpoints w
           WHERE w.tenant_id = $1 AND w.enabled",
     args: &[TEXTOID],
     volatile: false,
@@ -81,7 +94,8 @@ fn filters(tenant: &str) -> Result<std::rc::Rc<Vec<Filter>>> {
             Spi::connect(|client| {
                 let mut filters = Vec::new();
                 for row in run(client, &TENANT_ENDPOINTS, &[tenant.into()])? {
-                    filters.push(Filter { event_types: row.get(1)?, aggregate_types: row.get(2)? });
+                    let endpoint_id = row.get(3)?.ok_or_else(|| Error::new(Kind::Internal, "an endpoint without an id"))?;
+                    filters.push(Filter { endpoint_id, event_types: row.get(1)?, aggregate_types: row.get(2)? });
                 }
                 Ok(filters)
             })
@@ -89,44 +103,73 @@ fn filters(tenant: &str) -> Result<std::rc::Rc<Vec<Filter>>> {
     })
 }
 
-/// Whether one of the tenant's endpoints wants an event of this type of this aggregate type.
-fn wanted(filters: &[Filter], aggregate_type: &str, event_type: &str) -> bool {
-    filters.iter().any(|f| {
-        f.event_types.as_ref().is_none_or(|t| t.iter().any(|t| t == event_type))
-            && f.aggregate_types.as_ref().is_none_or(|t| t.iter().any(|t| t == aggregate_type))
-    })
+/// Whether an endpoint wants an event of this type of this aggregate type.
+fn wants(f: &Filter, aggregate_type: &str, event_type: &str) -> bool {
+    f.event_types.as_ref().is_none_or(|t| t.iter().any(|t| t == event_type))
+        && f.aggregate_types.as_ref().is_none_or(|t| t.iter().any(|t| t == aggregate_type))
 }
 
+/// The deliveries of events just appended, for endpoints the cache says want them: which
+/// pairs, with their delivery and message ids, come from the append (`$1..$4`); the endpoint
+/// is checked again here (the cache may be a moment old), so a pair whose endpoint was disabled
+/// or changed its filter just now gives no row. No ON CONFLICT: these events were appended by
+/// this transaction just now, so no delivery of theirs exists.
 static QUEUE_APPENDED: Statement = Statement {
     sql: concat!(
         "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
-             transaction_id, global_position, message_id, body) ",
-        // by event id alone (OFFSET 0 keeps the tenant out of the scan): with the tenant in it the
-        // planner may AND in an index of the tenant's every event, a scan that grows with the log
-        queue_select!("(SELECT * FROM (SELECT * FROM eventstore.events WHERE event_id = ANY ($2) OFFSET 0) x WHERE x.tenant_id = $1)"),
-        " ON CONFLICT (endpoint_id, event_id) DO NOTHING"
+             transaction_id, global_position, message_id, body)
+         SELECT p.delivery_id, e.tenant_id, w.endpoint_id, e.event_id, e.event_type, e.transaction_id,
+             e.global_position, p.message_id, ", frozen_body!(), "
+         FROM ROWS FROM (unnest($1::uuid[]), unnest($2::text[]), unnest($3::uuid[]), unnest($4::uuid[]))
+                  AS p(delivery_id, message_id, event_id, endpoint_id)
+         JOIN eventstore.events e ON e.event_id = p.event_id
+         JOIN eventstore.webhook_endpoints w ON w.endpoint_id = p.endpoint_id AND ", endpoint_wants!()
     ),
-    args: &[TEXTOID, UUIDARRAYOID],
+    args: &[UUIDARRAYOID, TEXTARRAYOID, UUIDARRAYOID, UUIDARRAYOID],
+    volatile: true,
+};
+
+/// The same for one event and one endpoint (the common case): both found by their unique
+/// index, no function scan and no join to plan around.
+static QUEUE_APPENDED_ONE: Statement = Statement {
+    sql: concat!(
+        "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
+             transaction_id, global_position, message_id, body)
+         SELECT $1, e.tenant_id, w.endpoint_id, e.event_id, e.event_type, e.transaction_id,
+             e.global_position, $2, ", frozen_body!(), "
+         FROM eventstore.events e, eventstore.webhook_endpoints w
+         WHERE e.event_id = $3 AND w.endpoint_id = $4 AND ", endpoint_wants!()
+    ),
+    args: &[UUIDOID, TEXTOID, UUIDOID, UUIDOID],
     volatile: true,
 };
 
 /// Queues the events just appended to `stream` for the tenant's matching enabled endpoints, in
 /// the appending transaction (a rolled-back append queues nothing). The tenant's endpoints are
-/// cached: while none of them wants these events, this runs no statement at all.
+/// cached: while none of them wants these events, this runs no statement at all; otherwise one
+/// kept statement, with delivery ids made here (UUIDv7: the queue's primary key grows at its
+/// right edge), `msg_` and their hex digits as message ids.
 pub fn queue_appended(stream: &Stream, events: &[NewEvent]) -> Result<()> {
     let filters = filters(&stream.tenant)?;
     if filters.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = events
-        .iter()
-        .filter(|e| wanted(&filters, &stream.aggregate_type, &e.event_type))
-        .map(|e| Uuid::from_bytes(*e.event_id.as_bytes()))
-        .collect();
-    if ids.is_empty() {
-        return Ok(());
+    let (mut deliveries, mut messages, mut event_ids, mut endpoint_ids) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for event in events {
+        for f in filters.iter().filter(|f| wants(f, &stream.aggregate_type, &event.event_type)) {
+            let id = crate::ids::new_v7();
+            deliveries.push(Uuid::from_bytes(*id.as_bytes()));
+            messages.push(format!("msg_{}", id.simple()));
+            event_ids.push(Uuid::from_bytes(*event.event_id.as_bytes()));
+            endpoint_ids.push(f.endpoint_id);
+        }
     }
-    Spi::connect(|client| run(client, &QUEUE_APPENDED, &[stream.tenant.as_str().into(), ids.into()]).map(drop))
+    Spi::connect(|client| match deliveries.len() {
+        0 => Ok(()),
+        1 => run(client, &QUEUE_APPENDED_ONE, &[deliveries[0].into(), messages[0].as_str().into(), event_ids[0].into(), endpoint_ids[0].into()])
+            .map(drop),
+        _ => run_generic(client, &QUEUE_APPENDED, &[deliveries.into(), messages.into(), event_ids.into(), endpoint_ids.into()]).map(drop),
+    })
 }
 
 static QUEUE_EVENT: Statement = Statement {

@@ -44,7 +44,7 @@ enum Answer {
 pub fn route_call(request: Request<'_>) -> Result<Value> {
     let started = Instant::now();
     let now = unix_now();
-    let request_id = uuid::Uuid::now_v7();
+    let request_id = crate::ids::new_v7();
     let tenant = tenant::current()?;
     let headers = RequestHeaders::from_setting(guc::by_name(c"request.headers").as_deref());
     let catalog = catalog()?;

@@ -4,8 +4,17 @@
 //! one after another, in event order, stopping at the first failure), and record the outcome in
 //! another short transaction. A crash between the two leaves leases that expire: the delivery
 //! goes out again with the same `webhook-id` (at least once).
+//!
+//! A rate-limited endpoint (`rate_limit_per_second`) gets, per round, only the deliveries whose
+//! turn comes within the next `PACE_SLICE`; the worker remembers when its next turn is and
+//! comes back then, so a slow rate never holds up the rounds (notifications, projections,
+//! other endpoints) for longer than that.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pgrx::Uuid;
 
 use pgrx::prelude::*;
 
@@ -20,6 +29,7 @@ use crate::runtime::transaction;
 struct Outcome {
     reply: Option<Reply>,
     attempt_started: i64,
+    sent: Instant,
 }
 
 /// At start: the leases of a worker that crashed are released at once (one worker serves a
@@ -29,26 +39,76 @@ pub fn release_leases(slot: usize) {
     transaction(slot, "releasing webhook leases", webhook_delivery::release_leases);
 }
 
-/// One round; returns the deliveries attempted and whether more are waiting.
-pub fn round(slot: usize) -> (u64, bool) {
-    let batch = guc::webhook_batch_size();
-    let Some(endpoints) = transaction(slot, "claiming webhook deliveries", || claim(batch)).flatten() else {
-        return (0, false);
-    };
-    if endpoints.is_empty() {
-        return (0, false);
-    }
-    let outcomes = call_all(&endpoints);
-    let attempted = outcomes.iter().flatten().filter(|o| o.reply.is_some()).count() as u64;
-    let full = endpoints.iter().any(|e| e.queue.len() as i32 == batch);
-    transaction(slot, "recording webhook attempts", || record(&endpoints, &outcomes));
-    (attempted, full)
+/// The longest a round waits for a rate-limited endpoint's turn.
+const PACE_SLICE: Duration = Duration::from_millis(200);
+
+thread_local! {
+    /// rate-limited endpoints that sent lately: when their next turn is
+    static NEXT_TURN: RefCell<HashMap<Uuid, Instant>> = RefCell::new(HashMap::new());
 }
 
-fn claim(batch: i32) -> Result<Option<Vec<Endpoint>>> {
+/// What a round did.
+#[derive(Default)]
+pub struct Round {
+    pub attempted: u64,
+    /// a queue had more due than one round claims
+    pub more: bool,
+    /// the next turn of a rate-limited endpoint (it may have more due by then)
+    pub next_turn: Option<Instant>,
+}
+
+/// One round.
+pub fn round(slot: usize) -> Round {
+    let batch = guc::webhook_batch_size();
+    let now = Instant::now();
+    let waiting: Vec<Uuid> = NEXT_TURN.with(|t| {
+        let mut t = t.borrow_mut();
+        t.retain(|_, at| *at > now);
+        t.iter().filter(|(_, at)| **at > now + PACE_SLICE).map(|(id, _)| *id).collect()
+    });
+    let claimed = transaction(slot, "claiming webhook deliveries", || claim(batch, waiting.clone())).flatten();
+    let mut round = Round::default();
+    if let Some(endpoints) = claimed.filter(|e| !e.is_empty()) {
+        let outcomes = call_all(&endpoints);
+        round.attempted = outcomes.iter().flatten().filter(|o| o.reply.is_some()).count() as u64;
+        round.more = endpoints.iter().any(|e| e.queue.len() as i32 == batch);
+        NEXT_TURN.with(|t| {
+            let mut t = t.borrow_mut();
+            for endpoint in &endpoints {
+                // the turn after the last delivery attempted
+                if let (Some(interval), Some(last)) = (endpoint.min_interval, outcomes_started(&endpoints, &outcomes, endpoint.id)) {
+                    t.insert(endpoint.id, last + interval);
+                }
+            }
+        });
+        transaction(slot, "recording webhook attempts", || record(&endpoints, &outcomes));
+    }
+    round.next_turn = NEXT_TURN.with(|t| t.borrow().values().min().copied());
+    round
+}
+
+/// When the last attempted delivery of `endpoint` was sent, if one was.
+fn outcomes_started(endpoints: &[Endpoint], outcomes: &[Vec<Outcome>], endpoint: Uuid) -> Option<Instant> {
+    let i = endpoints.iter().position(|e| e.id == endpoint)?;
+    outcomes[i].iter().filter(|o| o.reply.is_some()).map(|o| o.sent).max()
+}
+
+fn claim(batch: i32, waiting: Vec<Uuid>) -> Result<Option<Vec<Endpoint>>> {
     // long enough for every call of the longest queue at the timeout, and some
     let timeout = guc::webhook_timeout().as_millis() as f64 / 1000.0;
-    webhook_delivery::claim(batch, |longest| timeout * longest as f64 + 30.0)
+    let now = Instant::now();
+    let allowance = |endpoint: Uuid, interval: Option<Duration>| match interval {
+        None => usize::MAX,
+        Some(interval) => {
+            let first = NEXT_TURN.with(|t| t.borrow().get(&endpoint).copied()).unwrap_or(now).max(now);
+            let mut n = 0;
+            while first + interval * n as u32 <= now + PACE_SLICE && n < batch as usize {
+                n += 1;
+            }
+            n
+        }
+    };
+    webhook_delivery::claim(batch, waiting, allowance, |longest| timeout * longest as f64 + 30.0)
 }
 
 /// The HTTP calls, outside any transaction; plain Rust threads (they touch nothing of
@@ -59,7 +119,14 @@ fn call_all(endpoints: &[Endpoint]) -> Vec<Vec<Outcome>> {
     let mut outcomes = Vec::with_capacity(endpoints.len());
     for wave in endpoints.chunks(in_flight) {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = wave.iter().map(|e| scope.spawn(|| call_endpoint(&agent, e))).collect();
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|e| {
+                    let first = NEXT_TURN.with(|t| t.borrow().get(&e.id).copied());
+                    let agent = &agent;
+                    scope.spawn(move || call_endpoint(agent, e, first))
+                })
+                .collect();
             for handle in handles {
                 outcomes.push(handle.join().unwrap_or_default());
             }
@@ -93,24 +160,28 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn call_endpoint(agent: &ureq::Agent, endpoint: &Endpoint) -> Vec<Outcome> {
+/// One endpoint's claimed deliveries, in order; a rate-limited one's paced from its next turn
+/// (`first`) on, never waiting after its last delivery.
+fn call_endpoint(agent: &ureq::Agent, endpoint: &Endpoint, first: Option<Instant>) -> Vec<Outcome> {
     let mut out = Vec::with_capacity(endpoint.queue.len());
     let mut failed = false;
+    let mut turn = first;
     for delivery in &endpoint.queue {
         if failed {
             // later events wait while an earlier one is being retried
-            out.push(Outcome { reply: None, attempt_started: 0 });
+            out.push(Outcome { reply: None, attempt_started: 0, sent: Instant::now() });
             continue;
         }
-        let started = std::time::Instant::now();
+        if let Some(wait) = turn.and_then(|t| t.checked_duration_since(Instant::now())) {
+            std::thread::sleep(wait);
+        }
+        let sent = Instant::now();
         let timestamp = unix_now();
         let signature = signing::signature_header(&endpoint.keys, &delivery.message_id, timestamp, &delivery.body);
         let reply = http::post(agent, &endpoint.url, &delivery.message_id, timestamp, &signature, &delivery.body);
         failed = !reply.succeeded();
-        out.push(Outcome { reply: Some(reply), attempt_started: timestamp });
-        if let Some(min) = endpoint.min_interval {
-            std::thread::sleep(min.saturating_sub(started.elapsed()));
-        }
+        out.push(Outcome { reply: Some(reply), attempt_started: timestamp, sent });
+        turn = endpoint.min_interval.map(|interval| sent + interval);
     }
     out
 }

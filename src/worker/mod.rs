@@ -68,15 +68,31 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     log!("eventstore worker started for database \"{database}\"");
     delivery::release_leases(slot);
     let mut idle = false;
+    let mut last_round = std::time::Instant::now();
+    // a rate-limited webhook endpoint's next turn
+    let mut next_turn: Option<std::time::Instant> = None;
     loop {
         // an idle worker sleeps until a committer wakes it (only then: notices.rs) or the
         // poll interval passes (retries that come due, work of other kinds)
-        let wait = if idle && notices::going_to_sleep(slot) { guc::worker_poll_interval() } else { Duration::ZERO };
-        let alive = BackgroundWorker::wait_latch(Some(wait));
+        let poll = match next_turn.map(|t| t.saturating_duration_since(std::time::Instant::now())) {
+            Some(turn) => turn.min(guc::worker_poll_interval()),
+            None => guc::worker_poll_interval(),
+        };
+        let wait = if idle && notices::going_to_sleep(slot) { poll } else { Duration::ZERO };
+        let mut alive = BackgroundWorker::wait_latch(Some(wait));
         notices::awake(slot);
+        // woken soon after its last round: the commits of the next moments join this round
+        // (committers do not signal a worker that is awake), so a busy database gets at most
+        // one round per COALESCE, not one per commit
+        if alive && idle {
+            if let Some(rest) = COALESCE.checked_sub(last_round.elapsed()).filter(|d| !d.is_zero()) {
+                alive = BackgroundWorker::wait_latch(Some(rest));
+            }
+        }
         if !alive {
             break;
         }
+        last_round = std::time::Instant::now();
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
@@ -92,15 +108,20 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
             break;
         }
         let applied = if work.projections { projections::round(slot) } else { projections::Outcome::default() };
-        let (delivered, more_deliveries) = if work.webhooks { delivery::round(slot) } else { (0, false) };
-        slots::ran(slot, applied.applied + delivered);
-        idle = !applied.more && !more_deliveries;
+        let delivered = if work.webhooks { delivery::round(slot) } else { delivery::Round::default() };
+        next_turn = delivered.next_turn;
+        slots::ran(slot, applied.applied + delivered.attempted);
+        idle = !applied.more && !delivered.more;
     }
     stop(slot);
     restarts::on_clean_exit(database_oid.to_u32());
     log!("eventstore worker for database \"{database}\" is exiting");
     unsafe { pg_sys::proc_exit(0) };
 }
+
+/// The shortest time between two rounds that committers asked for: what a notification, a
+/// webhook or an async projection may wait at most on top of the round itself, under load.
+const COALESCE: Duration = Duration::from_millis(5);
 
 fn stop(slot: usize) {
     notices::close(slot);
@@ -117,6 +138,9 @@ struct Work {
 /// Sends the notifications appenders left (see src/notify.rs) and says whether there are async
 /// projections or webhook endpoints to serve (per-backend caches, dropped when they change).
 fn look_for_work(slot: usize) -> Result<Work> {
+    // the notifications are the only thing this transaction writes (NOTIFY takes a
+    // transaction id): its commit need not wait for a WAL flush, whatever the server's setting
+    guc::set_local(c"synchronous_commit", "off");
     let taken = notices::take(slot);
     if !crate::store::admin::installed()? {
         return Ok(Work { installed: false, projections: false, webhooks: false });

@@ -658,6 +658,31 @@ def test_rate_limit_spaces_the_calls_to_an_endpoint(connect, tenant, receiver):
         check_message(req, secret)
 
 
+def test_a_slow_rate_limit_holds_up_nothing_else(connect, tenant, receiver):
+    """A backlog at one delivery a second is worked off one turn at a time: the worker does not
+    wait it out in one round, so another endpoint's deliveries go out meanwhile, and the slow one
+    keeps to its rate."""
+    conn = connect(tenant=tenant)
+    slow_id, _ = create_endpoint(conn, receiver.url("/slow"), event_types=["Slow"], rate_limit_per_second=1)
+    fast_id, secret = create_endpoint(conn, receiver.url("/fast"), event_types=["Fast"])
+    with conn.transaction():
+        for i in range(6):
+            append(conn, "order", "o-1", "Slow", {"i": i})
+    receiver.wait_for(1, "/slow")
+    fast = append(conn, "order", "o-2", "Fast", {})
+    got = receiver.wait_for(1, "/fast")
+    # before, the worker slept through the whole slow batch before anything else went out
+    assert got[0].event_id == fast["event_id"]
+    assert len(receiver.received("/slow")) < 6
+    check_message(got[0], secret)
+    wait_settled(conn, fast_id, 1)
+    slow = receiver.wait_for(6, "/slow")
+    wait_settled(conn, slow_id, 6)
+    assert [r.json["data"]["payload"]["i"] for r in slow] == list(range(6))
+    gaps = [b.at - a.at for a, b in zip(slow, slow[1:])]
+    assert all(g >= 0.9 for g in gaps), gaps
+
+
 # --- order ---------------------------------------------------------------------------------
 
 
