@@ -2,21 +2,31 @@
 
 use pgrx::prelude::*;
 
-use crate::datum::{EventRow, FeedRow};
+use crate::datum::{EventRows, FeedRows};
 use crate::error::Error;
 use pgrx::pg_sys::panic::ErrorReport;
 use crate::feed::Cursor;
 use crate::{input, store, tenant};
 
 /// A stream's events in version order, from `from_version` on.
-#[pg_extern(stable, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION "read_stream"(
+	"aggregate_type" TEXT,
+	"aggregate_id" TEXT,
+	"from_version" bigint DEFAULT 1,
+	"max_count" INT DEFAULT 1000
+) RETURNS SETOF eventstore.event
+STABLE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust: returns its rows materialized (src/datum.rs) */
+AS 'MODULE_PATHNAME', 'read_stream_wrapper';
+"#)]
 fn read_stream(
     aggregate_type: Option<&str>,
     aggregate_id: Option<&str>,
     from_version: default!(Option<i64>, 1),
     max_count: default!(Option<i32>, 1000),
-) -> Result<SetOfIterator<'static, EventRow>, ErrorReport> {
+) -> Result<EventRows, ErrorReport> {
     let stream = super::stream(aggregate_type, aggregate_id)?;
     let from_version = match from_version {
         Some(v) if v >= 1 => v,
@@ -27,7 +37,7 @@ fn read_stream(
         }
     };
     let max_count = input::max_count(max_count)?;
-    Ok(SetOfIterator::new(store::read::read_stream(&stream, from_version, max_count)?.into_iter().map(EventRow)))
+    Ok(EventRows(store::read::read_stream(&stream, from_version, max_count)?))
 }
 
 /// The stream's current version; 0 when it does not exist or is deleted.
@@ -40,19 +50,29 @@ fn stream_version(aggregate_type: Option<&str>, aggregate_id: Option<&str>) -> R
 
 /// The global feed after a cursor: every committed event exactly once, in an order that never
 /// changes, for readers that pass the cursor of the last row they got.
-#[pg_extern(stable, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION "read_all"(
+	"after" TEXT DEFAULT NULL,
+	"max_count" INT DEFAULT 1000,
+	"event_types" TEXT[] DEFAULT NULL,
+	"aggregate_types" TEXT[] DEFAULT NULL
+) RETURNS SETOF eventstore.feed_event
+STABLE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust: returns its rows materialized (src/datum.rs) */
+AS 'MODULE_PATHNAME', 'read_all_wrapper';
+"#)]
 fn read_all(
     after: default!(Option<&str>, "NULL"),
     max_count: default!(Option<i32>, 1000),
     event_types: default!(Option<Vec<Option<String>>>, "NULL"),
     aggregate_types: default!(Option<Vec<Option<String>>>, "NULL"),
-) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
+) -> Result<FeedRows, ErrorReport> {
     let after = Cursor::after(after)?;
     let event_types = input::no_nulls("event_types", event_types)?;
     let aggregate_types = input::no_nulls("aggregate_types", aggregate_types)?;
     let max_count = input::max_count(max_count)?;
     let tenant = tenant::current()?;
     let rows = store::read::read_all(&tenant, after, max_count, event_types, aggregate_types)?;
-    Ok(SetOfIterator::new(rows.into_iter().map(FeedRow)))
+    Ok(FeedRows(rows))
 }

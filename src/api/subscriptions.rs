@@ -3,7 +3,7 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
-use crate::datum::FeedRow;
+use crate::datum::FeedRows;
 use crate::error::Error;
 use crate::feed::Cursor;
 use crate::store::subscriptions::{self, Schema};
@@ -59,13 +59,22 @@ fn create(
 }
 
 /// The next events after the subscription's checkpoint (which polling does not move).
-#[pg_extern(stable, parallel_unsafe, security_definer, name = "poll_subscription")]
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(name = "poll_subscription", sql = r#"
+CREATE FUNCTION "poll_subscription"(
+	"name" TEXT,
+	"max_count" INT DEFAULT 100,
+	"member" INT DEFAULT 0
+) RETURNS SETOF eventstore.feed_event
+STABLE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust: returns its rows materialized (src/datum.rs) */
+AS 'MODULE_PATHNAME', 'poll_group_subscription_wrapper';
+"#)]
 fn poll_group_subscription(
     name: Option<&str>,
     max_count: default!(Option<i32>, 100),
     member: default!(Option<i32>, 0),
-) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
+) -> Result<FeedRows, ErrorReport> {
     poll(name, max_count, member, Schema::Groups)
 }
 
@@ -74,12 +83,12 @@ fn poll(
     max_count: Option<i32>,
     member: Option<i32>,
     schema: Schema,
-) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
+) -> Result<FeedRows, ErrorReport> {
     let name = input::name("name", name)?;
     let max_count = input::max_count(max_count)?;
     let member = input::required(member, "member")?;
     let rows = subscriptions::poll(&tenant::current()?, &name, max_count, member, schema)?;
-    Ok(SetOfIterator::new(rows.into_iter().map(FeedRow)))
+    Ok(FeedRows(rows))
 }
 
 /// Moves the checkpoint to `cursor` (the cursor of the last event handled); never backwards.
@@ -131,7 +140,7 @@ fn create_subscription(
 }
 
 #[pg_extern(sql = false)]
-fn poll_subscription(name: Option<&str>, max_count: Option<i32>) -> Result<SetOfIterator<'static, FeedRow>, ErrorReport> {
+fn poll_subscription(name: Option<&str>, max_count: Option<i32>) -> Result<FeedRows, ErrorReport> {
     poll(name, max_count, Some(0), Schema::V1)
 }
 

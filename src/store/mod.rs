@@ -53,8 +53,8 @@ macro_rules! feed_query {
             "SELECT ROW(",
             $crate::store::event_columns!(),
             ",
-                         lpad(to_hex(e.transaction_id::text::bigint), 16, '0') || '-'
-                           || lpad(to_hex(e.global_position), 16, '0'))::eventstore.feed_event
+                         encode(xid8send(e.transaction_id), 'hex') || '-'
+                           || encode(int8send(e.global_position), 'hex'))::eventstore.feed_event
               FROM eventstore.events e
               WHERE e.tenant_id = $1
                 AND (e.transaction_id, e.global_position) > ($2::text::xid8, $3)

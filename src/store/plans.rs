@@ -74,13 +74,19 @@ pub fn run_dynamic<'conn>(
 /// Runs a kept statement of the feed or a stream: their right plan is an ordered walk of an
 /// index, whatever the table's statistics say (a table that has not been analyzed yet, or has
 /// grown much since, would otherwise get a scan of everything after the cursor and a sort on
-/// every page). The planner is told so while the statement is planned and run.
+/// every page). The planner is told so while the statement is planned and run; its plan is
+/// then the same for every cursor and filter, so it is planned once (generic).
 pub fn run_ordered<'conn>(
     client: &SpiClient<'conn>,
     stmt: &'static Statement,
     args: &[DatumWithOid<'_>],
 ) -> Result<SpiTupleTable<'conn>> {
-    run_with(client, stmt, args, &[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"enable_sort", c"off")])
+    run_with(client, stmt, args, &[
+        (c"enable_seqscan", c"off"),
+        (c"enable_bitmapscan", c"off"),
+        (c"enable_sort", c"off"),
+        (c"plan_cache_mode", c"force_generic_plan"),
+    ])
 }
 
 /// Runs a kept statement with its generic plan, always. PostgreSQL plans a statement anew for
