@@ -48,6 +48,16 @@ pub fn to_value(what: &str, datum: pg_sys::Datum) -> Result<Value> {
     to_value_within(what, datum, 0, |_| None)
 }
 
+/// The same, naming the value only when it is too deep (a replay converts a payload per
+/// event and names it in none of them).
+pub fn to_value_named(what: impl Fn() -> String, datum: pg_sys::Datum) -> Result<Value> {
+    let mut build = Build::default();
+    match walk_raw(datum, guc::max_json_depth(), &mut build) {
+        Ok(()) => Ok(build.root.unwrap_or(Value::Null)),
+        Err(deep) => Err(too_deep(&what(), &deep)),
+    }
+}
+
 /// The same for a document that holds values which the limit applies to `levels` further
 /// down (a batch of events: the array and each event object come on top of their payloads).
 /// Those values must be checked on their own with `check_value`.

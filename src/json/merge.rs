@@ -27,6 +27,34 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// `merge_patch` with a patch the caller is done with: its values are moved, not copied.
+pub fn merge_patch_owned(target: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    let target = force_object(target);
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(&key);
+            continue;
+        }
+        match target.get_mut(&key) {
+            Some(existing) => merge_patch_owned(existing, value),
+            None => {
+                target.insert(key, without_nulls_owned(value));
+            }
+        }
+    }
+}
+
+fn without_nulls_owned(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, without_nulls_owned(v))).collect()),
+        other => other,
+    }
+}
+
 /// A patch value merged into nothing: objects lose their `null` members, all the way down.
 fn without_nulls(value: &Value) -> Value {
     match value {
@@ -75,6 +103,15 @@ mod tests {
     fn rfc_7396_appendix_a() {
         for (target, patch, expected) in rfc_vectors() {
             assert_eq!(merged(target.clone(), patch.clone()), expected, "{target} + {patch}");
+        }
+    }
+
+    #[test]
+    fn the_owned_merge_gives_the_same() {
+        for (target, patch, expected) in rfc_vectors() {
+            let mut owned = target.clone();
+            merge_patch_owned(&mut owned, patch.clone());
+            assert_eq!(owned, expected, "{target} + {patch}");
         }
     }
 

@@ -12,9 +12,9 @@ use super::step::{Step, compile_all};
 
 /// The reducer for an event type without a rule: the payload merged into the state as an RFC 7396
 /// merge patch. A deleted stream (`None`) stays deleted.
-pub fn default_reduce(state: Option<Value>, payload: &Value) -> Option<Value> {
+pub fn default_reduce(state: Option<Value>, payload: Value) -> Option<Value> {
     let mut state = state?;
-    merge_patch(&mut state, payload);
+    super::merge::merge_patch_owned(&mut state, payload);
     Some(state)
 }
 
@@ -224,9 +224,9 @@ mod tests {
 
     #[test]
     fn default_reduce_merges_the_payload() {
-        let state = default_reduce(Some(json!({"a": 1, "b": {"c": 2}})), &json!({"b": {"c": null, "d": 3}, "e": 4}));
+        let state = default_reduce(Some(json!({"a": 1, "b": {"c": 2}})), json!({"b": {"c": null, "d": 3}, "e": 4}));
         assert_eq!(state, Some(json!({"a": 1, "b": {"d": 3}, "e": 4})));
-        assert_eq!(default_reduce(None, &json!({"a": 1})), None, "a deleted stream stays deleted");
+        assert_eq!(default_reduce(None, json!({"a": 1})), None, "a deleted stream stays deleted");
     }
 
     #[test]

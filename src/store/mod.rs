@@ -99,6 +99,53 @@ pub fn composites_in(context: pg_sys::MemoryContext, mut table: SpiTupleTable<'_
     Ok(rows)
 }
 
+/// The rows of the SPI result a statement just returned, read in place: iterating a
+/// `SpiTupleTable` deforms every column of every row into a new vector first, which a replay of
+/// a long stream pays per event.
+pub struct RawRows {
+    table: *mut pg_sys::SPITupleTable,
+    len: usize,
+}
+
+impl RawRows {
+    /// The result `table` holds.
+    ///
+    /// # Safety
+    /// Right after the statement of `table` ran, before any other SPI call (`SPI_tuptable` is
+    /// then still its table); the rows stay valid until the SPI connection ends.
+    pub unsafe fn of(table: &SpiTupleTable<'_>) -> RawRows {
+        RawRows { table: unsafe { pg_sys::SPI_tuptable }, len: table.len() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Gives the rows' memory back before the SPI connection ends (a result read in batches).
+    ///
+    /// # Safety
+    /// Nothing refers to these rows any more, and the `SpiTupleTable` they came from is gone.
+    pub unsafe fn free(self) {
+        if !self.table.is_null() {
+            unsafe { pg_sys::SPI_freetuptable(self.table) };
+        }
+    }
+
+    /// Column `column` (from 1) of row `row` (from 0), None when it is null.
+    pub fn datum(&self, row: usize, column: usize) -> Option<pg_sys::Datum> {
+        assert!(row < self.len && !self.table.is_null());
+        let column = std::num::NonZeroUsize::new(column).expect("columns count from 1");
+        unsafe { pgrx::htup::heap_getattr_raw(*(*self.table).vals.add(row), column, (*self.table).tupdesc) }
+    }
+
+    /// The same, converted.
+    pub fn get<T: pgrx::FromDatum>(&self, row: usize, column: usize) -> Option<T> {
+        let datum = self.datum(row, column)?;
+        let typoid = unsafe { (*(*(*self.table).tupdesc).attrs.as_ptr().add(column - 1)).atttypid };
+        unsafe { T::from_polymorphic_datum(datum, false, typoid) }
+    }
+}
+
 /// The stream a call is about, for its tenant.
 #[derive(Debug, Clone)]
 pub struct Stream {

@@ -49,6 +49,16 @@ pub fn run<'conn>(
     Ok(client.select(&*plan, None, args)?)
 }
 
+/// Opens a cursor on a kept statement, for results read in batches.
+pub fn open_cursor<'conn>(
+    client: &SpiClient<'conn>,
+    stmt: &'static Statement,
+    args: &[DatumWithOid<'_>],
+) -> Result<pgrx::spi::SpiCursor<'conn>> {
+    let plan = kept(client, stmt)?;
+    Ok(client.try_open_cursor(&*plan, args)?)
+}
+
 thread_local! {
     static KEPT_DYNAMIC: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }

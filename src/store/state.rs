@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::definition_cache::{self, Aggregate, Reducer, Upcasters};
-use super::plans::{Statement, run, run_dynamic};
-use super::Stream;
+use super::plans::{Statement, open_cursor, run, run_dynamic};
+use super::{RawRows, Stream};
 use crate::error::{Error, Kind, Result};
 use crate::json::default_reduce;
 
@@ -63,10 +63,11 @@ static SNAPSHOT: Statement = Statement {
 };
 
 
-/// The events after a snapshot, with what the reducers need.
+/// The events after a snapshot, with what the reducers need: the fixed-width columns first, so
+/// that reading them in place needs no walk over the ones before.
 static REPLAY: Statement = Statement {
-    sql: "SELECT e.aggregate_version, e.event_type, e.schema_version, e.payload, e.recorded_at,
-                 e.redacted_at IS NOT NULL
+    sql: "SELECT e.aggregate_version, e.schema_version, e.recorded_at, e.redacted_at IS NOT NULL,
+                 e.event_type, e.payload
           FROM eventstore.events e
           WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
             AND e.aggregate_version > $4 AND e.aggregate_version <= $5
@@ -75,11 +76,14 @@ static REPLAY: Statement = Statement {
     volatile: false,
 };
 
+/// Events a replay reads at a time.
+const REPLAY_BATCH: i64 = 1000;
+
 /// The same, with whole events for SQL-function reducers.
 static REPLAY_ROWS: Statement = Statement {
     sql: concat!(
-        "SELECT e.aggregate_version, e.event_type, e.schema_version, e.payload, e.recorded_at,
-                 e.redacted_at IS NOT NULL,
+        "SELECT e.aggregate_version, e.schema_version, e.recorded_at, e.redacted_at IS NOT NULL,
+                 e.event_type, e.payload,
                  ROW(",
         event_columns!(),
         ")::eventstore.event
@@ -183,50 +187,59 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
 
     let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(..)));
     let [t, a, i] = stream.key();
-    let events = run(client, if with_rows { &REPLAY_ROWS } else { &REPLAY }, &[t, a, i, from.into(), version.into()])?;
     let upcasting = definition_cache::tenant_upcasts(&stream.tenant)?;
     let mut chains: HashMap<String, Rc<Upcasters>> = HashMap::new();
     let mut updated_at = None;
-    let mut events = events;
-    while let Some(row) = events.next() {
-        // text and jsonb straight from the tuple: `get` would copy them into the transaction's
-        // memory for every event replayed
-        let (event_type, payload) = (events.get_datum_by_ordinal(2)?, events.get_datum_by_ordinal(4)?);
-        let event_type: &str = event_type.and_then(|d| unsafe { <&str>::from_datum(d, false) }).ok_or_else(|| internal("event without a type"))?;
-        let version: i64 = row.get(1)?.unwrap_or(0);
-        let what = || format!("the payload of event {version} of {stream}");
-        let mut payload = match payload {
-            Some(d) => crate::jsonb::to_value(&what(), d)?,
-            None => Value::Null,
-        };
-        let schema_version: i32 = row.get(3)?.unwrap_or(1);
-        updated_at = row.get::<TimestampWithTimeZone>(5)?;
-        let mut upcast_to = schema_version;
-        if upcasting && !row.get::<bool>(6)?.unwrap_or(false) {
-            if !chains.contains_key(event_type) {
-                chains.insert(event_type.to_owned(), definition_cache::upcasters(&stream.tenant, event_type)?);
-            }
-            upcast_to = chains[event_type].upcast(schema_version, &mut payload)?;
+    // in batches, each given back when done: a long stream is never all in memory at once
+    let mut events = open_cursor(client, if with_rows { &REPLAY_ROWS } else { &REPLAY }, &[t, a, i, from.into(), version.into()])?;
+    loop {
+        let batch = events.fetch(REPLAY_BATCH)?;
+        // SAFETY: nothing ran since the fetch
+        let rows = unsafe { RawRows::of(&batch) };
+        if rows.len() == 0 {
+            break;
         }
-        state = match aggregate.reducers.get(event_type) {
-            None => default_reduce(state, &payload),
-            Some(Reducer::Rule(program)) => program.apply(state, &payload),
-            Some(Reducer::Missing(oid)) => {
-                return Err(Error::new(Kind::HandlerMissing, format!("the reducer handler of event type {event_type} no longer exists"))
-                    .detail(format!("aggregate type {}, handler oid {oid}, stream {stream}", stream.aggregate_type))
-                    .hint("Define the reducer again with eventstore.define_reducer()."));
-            }
-            Some(Reducer::Handler(handler, run_as)) => {
-                let mut event: PgHeapTuple<'_, AllocatedByRust> =
-                    row.get(7)?.ok_or_else(|| internal("replay row without event"))?;
-                if upcast_to != schema_version {
-                    let payload = RawJsonb::from_value(&what(), payload)?;
-                    event.set_by_name("payload", payload).map_err(|e| internal(&e.to_string()))?;
-                    event.set_by_name("schema_version", upcast_to).map_err(|e| internal(&e.to_string()))?;
+        for n in 0..rows.len() {
+            // text and jsonb straight from the tuple: converted, they would be copied into the
+            // transaction's memory for every event replayed
+            let event_type = rows.datum(n, 5).and_then(|d| unsafe { <&str>::from_datum(d, false) }).ok_or_else(|| internal("event without a type"))?;
+            let version: i64 = rows.get(n, 1).unwrap_or(0);
+            let what = || format!("the payload of event {version} of {stream}");
+            let mut payload = match rows.datum(n, 6) {
+                Some(d) => crate::jsonb::to_value_named(what, d)?,
+                None => Value::Null,
+            };
+            let schema_version: i32 = rows.get(n, 2).unwrap_or(1);
+            updated_at = rows.get::<TimestampWithTimeZone>(n, 3);
+            let mut upcast_to = schema_version;
+            if upcasting && !rows.get::<bool>(n, 4).unwrap_or(false) {
+                if !chains.contains_key(event_type) {
+                    chains.insert(event_type.to_owned(), definition_cache::upcasters(&stream.tenant, event_type)?);
                 }
-                call_handler(client, handler, *run_as, state, event)?
+                upcast_to = chains[event_type].upcast(schema_version, &mut payload)?;
             }
-        };
+            state = match aggregate.reducers.get(event_type) {
+                None => default_reduce(state, payload),
+                Some(Reducer::Rule(program)) => program.apply(state, &payload),
+                Some(Reducer::Missing(oid)) => {
+                    return Err(Error::new(Kind::HandlerMissing, format!("the reducer handler of event type {event_type} no longer exists"))
+                        .detail(format!("aggregate type {}, handler oid {oid}, stream {stream}", stream.aggregate_type))
+                        .hint("Define the reducer again with eventstore.define_reducer()."));
+                }
+                Some(Reducer::Handler(handler, run_as)) => {
+                    let mut event: PgHeapTuple<'_, AllocatedByRust> = rows.get(n, 7).ok_or_else(|| internal("replay row without event"))?;
+                    if upcast_to != schema_version {
+                        let payload = RawJsonb::from_value(&what(), payload)?;
+                        event.set_by_name("payload", payload).map_err(|e| internal(&e.to_string()))?;
+                        event.set_by_name("schema_version", upcast_to).map_err(|e| internal(&e.to_string()))?;
+                    }
+                    call_handler(client, handler, *run_as, state, event)?
+                }
+            };
+        }
+        drop(batch);
+        // SAFETY: the batch is gone and nothing kept a row of it (states and payloads are copies)
+        unsafe { rows.free() };
     }
     if let Some(state) = &state {
         // rules and handlers can grow a state past the limit: an error, before anything
