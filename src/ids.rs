@@ -1,6 +1,6 @@
 //! Ids the extension makes: UUIDv7 (time-ordered, so the unique index on event ids grows at its
-//! right edge). The 74 random bits come from PostgreSQL's strong random source, drawn 4 KiB at a
-//! time per backend instead of one system call per id.
+//! right edge). The 74 random bits come from the operating system's random source (as uuid's own
+//! `now_v7` does), drawn 4 KiB at a time per backend instead of one system call per id.
 
 use std::cell::RefCell;
 
@@ -21,11 +21,8 @@ pub fn new_v7() -> Uuid {
     RANDOM.with(|pool| {
         let (bytes, used) = &mut *pool.borrow_mut();
         if *used + RANDOM_BYTES > POOL {
-            // SAFETY: fills exactly the buffer given; it raises an ERROR only when the
-            // server has no random source at all, as gen_random_uuid() would
-            if !unsafe { pgrx::pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), POOL) } {
-                pgrx::error!("eventstore: could not generate random bytes for a UUID");
-            }
+            // fails only when the system has no random source at all
+            getrandom::fill(bytes).expect("eventstore: no random source for UUIDs");
             *used = 0;
         }
         random.copy_from_slice(&bytes[*used..*used + RANDOM_BYTES]);
