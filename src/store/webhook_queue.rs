@@ -103,6 +103,11 @@ fn filters(tenant: &str) -> Result<std::rc::Rc<Vec<Filter>>> {
     })
 }
 
+/// Whether the tenant has enabled endpoints (cached like the filters).
+pub fn tenant_has_endpoints(tenant: &str) -> Result<bool> {
+    Ok(!filters(tenant)?.is_empty())
+}
+
 /// Whether an endpoint wants an event of this type of this aggregate type.
 fn wants(f: &Filter, aggregate_type: &str, event_type: &str) -> bool {
     f.event_types.as_ref().is_none_or(|t| t.iter().any(|t| t == event_type))

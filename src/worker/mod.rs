@@ -71,6 +71,8 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     let mut last_round = std::time::Instant::now();
     // a rate-limited webhook endpoint's next turn
     let mut next_turn: Option<std::time::Instant> = None;
+    let mut last_delivery = std::time::Instant::now() - guc::worker_poll_interval();
+    let mut more_deliveries = false;
     loop {
         // an idle worker sleeps until a committer wakes it (only then: notices.rs) or the
         // poll interval passes (retries that come due, work of other kinds)
@@ -108,7 +110,19 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
             break;
         }
         let applied = if work.projections { projections::round(slot) } else { projections::Outcome::default() };
-        let delivered = if work.webhooks { delivery::round(slot) } else { delivery::Round::default() };
+        // deliveries come from appends of a tenant with endpoints (the notices say which), or are
+        // due by time (retries, queued by hand, a rate-limited endpoint's next turn)
+        let due = work.noticed_endpoints
+            || more_deliveries
+            || last_delivery.elapsed() >= guc::worker_poll_interval()
+            || next_turn.is_some_and(|t| t <= std::time::Instant::now());
+        let delivered = if work.webhooks && due {
+            last_delivery = std::time::Instant::now();
+            delivery::round(slot)
+        } else {
+            delivery::Round { next_turn, ..Default::default() }
+        };
+        more_deliveries = delivered.more;
         next_turn = delivered.next_turn;
         slots::ran(slot, applied.applied + delivered.attempted);
         idle = !applied.more && !delivered.more;
@@ -133,6 +147,8 @@ struct Work {
     installed: bool,
     projections: bool,
     webhooks: bool,
+    /// the notices name a tenant that has enabled endpoints
+    noticed_endpoints: bool,
 }
 
 /// Sends the notifications appenders left (see src/notify.rs) and says whether there are async
@@ -143,7 +159,7 @@ fn look_for_work(slot: usize) -> Result<Work> {
     guc::set_local(c"synchronous_commit", "off");
     let taken = notices::take(slot);
     if !crate::store::admin::installed()? {
-        return Ok(Work { installed: false, projections: false, webhooks: false });
+        return Ok(Work { installed: false, projections: false, webhooks: false, noticed_endpoints: false });
     }
     if !taken.notices.is_empty() || taken.overflowed {
         // when notes were lost, this is all that is said: something changed, somewhere
@@ -154,9 +170,12 @@ fn look_for_work(slot: usize) -> Result<Work> {
         let Ok(channel) = crate::notify::channel(tenant) else { continue };
         crate::store::admin::notify(&channel, &crate::notify::payload(types.as_deref()))?;
     }
-    Ok::<_, Error>(Work {
-        installed: true,
-        projections: crate::store::projections::any_async()?,
-        webhooks: crate::store::webhook_queue::any_endpoint()?,
-    })
+    let webhooks = crate::store::webhook_queue::any_endpoint()?;
+    let mut noticed_endpoints = taken.overflowed;
+    if webhooks && !noticed_endpoints {
+        for (tenant, _) in &taken.notices {
+            noticed_endpoints |= crate::store::webhook_queue::tenant_has_endpoints(tenant)?;
+        }
+    }
+    Ok::<_, Error>(Work { installed: true, projections: crate::store::projections::any_async()?, webhooks, noticed_endpoints })
 }
