@@ -109,7 +109,8 @@ def fmt_int(x):
     return f"{x:,.0f}".replace(",", " ")
 
 
-def top_waits(results_dir, workload, commit, system, rounds, n=3):
+def wait_counts(results_dir, workload, commit, system, rounds):
+    """How often each wait state was sampled in the runs of these rounds."""
     counts = {}
     for rnd in rounds:
         path = os.path.join(results_dir, "logs", f"{workload}-{commit}-{system}-r{rnd}.waits")
@@ -119,11 +120,20 @@ def top_waits(results_dir, workload, commit, system, rounds, n=3):
                     line = line.strip()
                     if line:
                         counts[line] = counts.get(line, 0) + 1
+    return counts
+
+
+def waits_text(counts, n):
+    """The n most sampled wait states with their shares, or None when none was sampled."""
     total = sum(counts.values())
     if not total:
-        return "–"
+        return None
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
     return ", ".join(f"`{k}` {100 * v / total:.0f}%" for k, v in top)
+
+
+def top_waits(results_dir, workload, commit, system, rounds, n=3):
+    return waits_text(wait_counts(results_dir, workload, commit, system, rounds), n) or "–"
 
 
 def situations(w, by, med, ratio, results_dir):
@@ -260,21 +270,10 @@ def report(results_dir, readme):
             rs = by.get((workload, commit, system))
             if not rs:
                 continue
-            counts = {}
-            for r in rs:
-                path = os.path.join(results_dir, "logs", f"{workload}-{commit}-{system}-r{r['round']}.waits")
-                if os.path.exists(path):
-                    with open(path) as f:
-                        for line in f:
-                            line = line.strip()
-                            if line:
-                                counts[line] = counts.get(line, 0) + 1
-            total = sum(counts.values())
-            if not total:
+            waits = waits_text(wait_counts(results_dir, workload, commit, system, [r["round"] for r in rs]), 4)
+            if waits is None:
                 continue
-            top = sorted(counts.items(), key=lambda kv: -kv[1])[:4]
-            w(f"| {title} | {SYSTEM_NAMES[system]} | "
-              + ", ".join(f"`{k}` {100 * v / total:.0f}%" for k, v in top) + " |")
+            w(f"| {title} | {SYSTEM_NAMES[system]} | {waits} |")
     w("")
     bad = [r for r in runs if r["rows_ok"] not in ("yes", "na") or r["failed"] not in ("0", "")]
     if bad:

@@ -171,7 +171,7 @@ pub fn queue_appended(stream: &Stream, events: &[NewEvent]) -> Result<()> {
     }
     Spi::connect(|client| match deliveries.len() {
         0 => Ok(()),
-        1 => run(client, &QUEUE_APPENDED_ONE, &[deliveries[0].into(), messages[0].as_str().into(), event_ids[0].into(), endpoint_ids[0].into()])
+        1 => run_generic(client, &QUEUE_APPENDED_ONE, &[deliveries[0].into(), messages[0].as_str().into(), event_ids[0].into(), endpoint_ids[0].into()])
             .map(drop),
         _ => run_generic(client, &QUEUE_APPENDED, &[deliveries.into(), messages.into(), event_ids.into(), endpoint_ids.into()]).map(drop),
     })

@@ -74,9 +74,10 @@ pub fn round(slot: usize) -> Round {
         round.more = endpoints.iter().any(|e| e.queue.len() as i32 == batch);
         NEXT_TURN.with(|t| {
             let mut t = t.borrow_mut();
-            for endpoint in &endpoints {
+            for (endpoint, outcomes) in endpoints.iter().zip(&outcomes) {
                 // the turn after the last delivery attempted
-                if let (Some(interval), Some(last)) = (endpoint.min_interval, outcomes_started(&endpoints, &outcomes, endpoint.id)) {
+                let last = outcomes.iter().filter(|o| o.reply.is_some()).map(|o| o.sent).max();
+                if let (Some(interval), Some(last)) = (endpoint.min_interval, last) {
                     t.insert(endpoint.id, last + interval);
                 }
             }
@@ -85,12 +86,6 @@ pub fn round(slot: usize) -> Round {
     }
     round.next_turn = NEXT_TURN.with(|t| t.borrow().values().min().copied());
     round
-}
-
-/// When the last attempted delivery of `endpoint` was sent, if one was.
-fn outcomes_started(endpoints: &[Endpoint], outcomes: &[Vec<Outcome>], endpoint: Uuid) -> Option<Instant> {
-    let i = endpoints.iter().position(|e| e.id == endpoint)?;
-    outcomes[i].iter().filter(|o| o.reply.is_some()).map(|o| o.sent).max()
 }
 
 fn claim(batch: i32, waiting: Vec<Uuid>) -> Result<Option<Vec<Endpoint>>> {
