@@ -71,7 +71,8 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
     let mut last_round = std::time::Instant::now();
     // a rate-limited webhook endpoint's next turn
     let mut next_turn: Option<std::time::Instant> = None;
-    let mut last_delivery = std::time::Instant::now() - guc::worker_poll_interval();
+    // the first round delivers whatever is due (None: no round has yet)
+    let mut last_delivery: Option<std::time::Instant> = None;
     let mut more_deliveries = false;
     loop {
         // an idle worker sleeps until a committer wakes it (only then: notices.rs) or the
@@ -114,10 +115,10 @@ pub extern "C-unwind" fn eventstore_worker_main(arg: pg_sys::Datum) {
         // due by time (retries, queued by hand, a rate-limited endpoint's next turn)
         let due = work.noticed_endpoints
             || more_deliveries
-            || last_delivery.elapsed() >= guc::worker_poll_interval()
+            || last_delivery.is_none_or(|t| t.elapsed() >= guc::worker_poll_interval())
             || next_turn.is_some_and(|t| t <= std::time::Instant::now());
         let delivered = if work.webhooks && due {
-            last_delivery = std::time::Instant::now();
+            last_delivery = Some(std::time::Instant::now());
             delivery::round(slot)
         } else {
             delivery::Round { next_turn, ..Default::default() }
