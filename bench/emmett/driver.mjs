@@ -4,7 +4,10 @@
 //   node driver.mjs versions
 //   node driver.mjs OP SYSTEM CONNECTION_STRING SECONDS WORKERS
 //     OP:     seed | single | batch | readstream | readall
-//     SYSTEM: emmett | eventstore
+//     SYSTEM: emmett | eventstore | eventstore-unnamed
+// eventstore gives each of its statements a name, so that pg prepares it once per connection (as
+// node-postgres documents for a query run over and over); eventstore-unnamed sends them unnamed,
+// parsed and planned on every call, which is how Emmett's own driver (dumbo) sends its statements.
 // Prints one JSON line: {ops, events, seconds, ops_per_s, events_per_s, client_cpu_s}.
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
@@ -57,7 +60,8 @@ async function emmett() {
   };
 }
 
-async function eventstore() {
+async function eventstore(named) {
+  const query = (name, text, values) => pool.query(named ? { name, text, values } : { text, values });
   const events = (n) => JSON.stringify(Array.from({ length: n }, () => ({ event_type: 'Deposited', payload: PAYLOAD })));
   const one = JSON.stringify(PAYLOAD);
   const batch = events(BATCH);
@@ -66,16 +70,16 @@ async function eventstore() {
       await pool.query('SELECT count(*) FROM eventstore.append_events($1, $2, $3::jsonb)', ['big', '1', events(1000)]);
     },
     single: async (k) => {
-      await pool.query("SELECT * FROM eventstore.append_event('account', $1, 'Deposited', $2::jsonb, '{}')", [String(sid(k)), one]);
+      await query('es_single', "SELECT * FROM eventstore.append_event('account', $1, 'Deposited', $2::jsonb, '{}')", [String(sid(k)), one]);
       return 1;
     },
     batch: async (k) => {
-      await pool.query("SELECT * FROM eventstore.append_events('account', $1, $2::jsonb)", [String(sid(k)), batch]);
+      await query('es_batch', "SELECT * FROM eventstore.append_events('account', $1, $2::jsonb)", [String(sid(k)), batch]);
       return BATCH;
     },
-    readstream: async () => (await pool.query("SELECT * FROM eventstore.read_stream('big', '1', max_count => 1000)")).rows.length,
+    readstream: async () => (await query('es_readstream', "SELECT * FROM eventstore.read_stream('big', '1', max_count => 1000)", [])).rows.length,
     readall: async (k) => {
-      const { rows } = await pool.query('SELECT * FROM eventstore.read_all(after => $1, max_count => $2)', [feed[k] ?? null, PAGE]);
+      const { rows } = await query('es_readall', 'SELECT * FROM eventstore.read_all(after => $1, max_count => $2)', [feed[k] ?? null, PAGE]);
       feed[k] = rows.length < PAGE ? null : rows[rows.length - 1].cursor;
       return rows.length;
     },
@@ -83,7 +87,10 @@ async function eventstore() {
   };
 }
 
-const impl = system === 'emmett' ? await emmett() : await eventstore();
+const impl = system === 'emmett' ? await emmett()
+  : system === 'eventstore' ? await eventstore(true)
+  : system === 'eventstore-unnamed' ? await eventstore(false)
+  : (() => { throw new Error(`unknown system ${system}`); })();
 if (op === 'seed') {
   await impl.seed();
   console.log(JSON.stringify({ ops: 0, events: 0, seconds: 0, ops_per_s: 0, events_per_s: 0, client_cpu_s: 0 }));
