@@ -188,10 +188,18 @@ fn walk(what: &str, datum: pg_sys::Datum, max: usize, sink: &mut impl Sink) -> R
 }
 
 fn walk_raw(datum: pg_sys::Datum, max: usize, sink: &mut impl Sink) -> std::result::Result<(), TooDeep> {
-    use pg_sys::JsonbIteratorToken::*;
     unsafe {
         let jsonb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
-        let mut iterator = pg_sys::JsonbIteratorInit(&raw mut (*jsonb).root);
+        walk_container(&raw mut (*jsonb).root, max, sink)
+    }
+}
+
+/// # Safety
+/// `container` is a jsonb container that stays where it is during the walk.
+unsafe fn walk_container(container: *mut pg_sys::JsonbContainer, max: usize, sink: &mut impl Sink) -> std::result::Result<(), TooDeep> {
+    use pg_sys::JsonbIteratorToken::*;
+    unsafe {
+        let mut iterator = pg_sys::JsonbIteratorInit(container);
         let mut value: pg_sys::JsonbValue = std::mem::zeroed();
         // one entry per open container; a raw scalar's pseudo-array is not counted
         let mut places: Vec<Place> = Vec::new();
@@ -248,4 +256,158 @@ fn path_of(places: &[Place]) -> String {
         }
         Place::Index(i) => Segment::Index(*i),
     }))
+}
+
+/// A payload read in place as a merge patch for a replay read newest first
+/// (src/json/underlay.rs): members are visited without converting them, and only the values
+/// the state ends up with are converted. `Err` means some value is deeper than the limit; the
+/// caller converts the payload whole to name the place.
+pub struct InPlace {
+    /// a scalar, or a container (`jbvBinary`) inside the datum
+    value: pg_sys::JsonbValue,
+    /// how deep a container here is (the payload's own object is 1)
+    depth: usize,
+    max: usize,
+}
+
+/// A value deeper than `eventstore.max_json_depth`, somewhere in the payload.
+#[derive(Debug)]
+pub struct Deep;
+
+impl InPlace {
+    /// Calls `f` with the payload in `datum`; a toasted or short-header datum is detoasted
+    /// into a copy that is freed when `f` returns.
+    ///
+    /// # Safety
+    /// `datum` is a jsonb that stays where it is while `f` runs; nothing `f` returns points into it.
+    pub unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(InPlace) -> R) -> R {
+        unsafe {
+            let stored = datum.cast_mut_ptr::<pg_sys::varlena>();
+            // a plain 4-byte header is read where it is; anything else is detoasted (a short
+            // header leaves the container unaligned)
+            let jsonb = if pgrx::varlena::varatt_is_4b_u(stored) { stored } else { pg_sys::pg_detoast_datum(stored) } as *mut pg_sys::Jsonb;
+            let root = &raw mut (*jsonb).root;
+            let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+            if (*root).header & pg_sys::JB_FSCALAR != 0 {
+                // a raw scalar is stored as a one-element array
+                pg_sys::JsonbExtractScalar(root, &mut value);
+            } else {
+                value.type_ = pg_sys::jbvType::jbvBinary;
+                value.val.binary.data = root;
+            }
+            let result = f(InPlace { value, depth: 1, max: guc::max_json_depth() });
+            if jsonb as *mut pg_sys::varlena != stored {
+                pg_sys::pfree(jsonb.cast());
+            }
+            result
+        }
+    }
+
+    fn container(&self) -> Option<*mut pg_sys::JsonbContainer> {
+        (self.value.type_ == pg_sys::jbvType::jbvBinary).then(|| unsafe { self.value.val.binary.data })
+    }
+}
+
+impl crate::json::Patch for InPlace {
+    type Error = Deep;
+
+    fn is_null(&self) -> bool {
+        self.value.type_ == pg_sys::jbvType::jbvNull
+    }
+
+    fn is_object(&self) -> bool {
+        self.container().is_some_and(|c| unsafe { (*c).header } & pg_sys::JB_FOBJECT != 0)
+    }
+
+    fn for_each_member(&self, each: &mut dyn FnMut(&str, Self) -> std::result::Result<(), Deep>) -> std::result::Result<(), Deep> {
+        let Some(container) = self.container().filter(|_| self.is_object()) else { return Ok(()) };
+        if self.depth > self.max {
+            return Err(Deep);
+        }
+        // SAFETY: the container is an object inside the datum `with_payload` holds
+        unsafe {
+            object_members(container, |key, value| each(key, InPlace { value, depth: self.depth + 1, max: self.max }))
+        }
+    }
+
+    fn to_value(&self) -> std::result::Result<Value, Deep> {
+        let Some(container) = self.container() else { return Ok(unsafe { scalar(&self.value) }) };
+        let mut build = Build::default();
+        // the walk counts this container as its first level
+        unsafe { walk_container(container, (self.max + 1).saturating_sub(self.depth), &mut build) }.map_err(|_| Deep)?;
+        Ok(build.root.unwrap_or(Value::Null))
+    }
+}
+
+// The on-disk layout of a jsonb container (PostgreSQL's src/include/utils/jsonb.h, the same
+// since 9.4): a header word with the count and kind, one JEntry word per key and per value
+// (keys first), then their data. A JEntry holds the kind and either the length or, every 32nd
+// entry, the end offset of its data. Numerics and containers start 4-byte aligned.
+const JENTRY_OFFLENMASK: u32 = 0x0FFF_FFFF;
+const JENTRY_TYPEMASK: u32 = 0x7000_0000;
+const JENTRY_HAS_OFF: u32 = 0x8000_0000;
+const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
+const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
+const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
+const JENTRY_ISNULL: u32 = 0x4000_0000;
+const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
+
+/// Calls `each` with every key and value of an object container, in stored order, read from
+/// its bytes: a call into PostgreSQL per token (with pgrx's guard around each) cost more than
+/// the rest of a replay. Nested containers come as `jbvBinary` values, unread.
+///
+/// # Safety
+/// `container` is a jsonb object container, 4-byte aligned, that stays where it is meanwhile.
+unsafe fn object_members<E>(
+    container: *const pg_sys::JsonbContainer,
+    mut each: impl FnMut(&str, pg_sys::JsonbValue) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    unsafe {
+        let count = ((*container).header & pg_sys::JB_CMASK) as usize;
+        let entries = (container as *const u8).add(size_of::<u32>()) as *const u32;
+        let data = entries.add(2 * count) as *const u8;
+        // where entry `i` ends, given where it starts
+        let end = |i: usize, start: u32| {
+            let entry = *entries.add(i);
+            if entry & JENTRY_HAS_OFF != 0 { entry & JENTRY_OFFLENMASK } else { start + (entry & JENTRY_OFFLENMASK) }
+        };
+        let mut value_start = 0;
+        for i in 0..count {
+            value_start = end(i, value_start);
+        }
+        let mut key_start = 0;
+        for i in 0..count {
+            let key_end = end(i, key_start);
+            let bytes = std::slice::from_raw_parts(data.add(key_start as usize), (key_end - key_start) as usize);
+            let key = std::str::from_utf8(bytes).unwrap_or("\u{FFFD}");
+            let value_end = end(count + i, value_start);
+            let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+            let aligned = (value_start + 3) & !3;
+            match *entries.add(count + i) & JENTRY_TYPEMASK {
+                JENTRY_ISNUMERIC => {
+                    value.type_ = pg_sys::jbvType::jbvNumeric;
+                    value.val.numeric = data.add(aligned as usize) as pg_sys::Numeric;
+                }
+                JENTRY_ISBOOL_FALSE | JENTRY_ISBOOL_TRUE => {
+                    value.type_ = pg_sys::jbvType::jbvBool;
+                    value.val.boolean = *entries.add(count + i) & JENTRY_TYPEMASK == JENTRY_ISBOOL_TRUE;
+                }
+                JENTRY_ISNULL => value.type_ = pg_sys::jbvType::jbvNull,
+                JENTRY_ISCONTAINER => {
+                    value.type_ = pg_sys::jbvType::jbvBinary;
+                    value.val.binary.data = data.add(aligned as usize) as *mut pg_sys::JsonbContainer;
+                    value.val.binary.len = (value_end - aligned) as i32;
+                }
+                _ => {
+                    value.type_ = pg_sys::jbvType::jbvString;
+                    value.val.string.val = data.add(value_start as usize) as *mut std::ffi::c_char;
+                    value.val.string.len = (value_end - value_start) as i32;
+                }
+            }
+            each(key, value)?;
+            key_start = key_end;
+            value_start = value_end;
+        }
+        Ok(())
+    }
 }

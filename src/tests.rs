@@ -115,4 +115,84 @@ mod tests {
         Spi::run("SELECT eventstore.append_event('a', '4', 't', '{}')").unwrap();
         Spi::run("SELECT eventstore.append_event('a', '4', 't', '{}', expected_version => 0)").unwrap();
     }
+
+    /// A replay of an undefined aggregate type reads newest first and converts only what it
+    /// keeps (src/json/underlay.rs, the jsonb reader in src/jsonb.rs); it must give what folding
+    /// every stored payload oldest first gives. Random streams: objects of up to 40 members
+    /// (past the 32 entries after which a jsonb container stores offsets), nesting, nulls,
+    /// arrays, numerics, booleans and non-ASCII keys (appends take only object payloads).
+    #[pg_test]
+    fn a_replay_newest_first_gives_what_the_forward_fold_gives() {
+        use serde_json::{Map, Value, json};
+        struct Gen(u64);
+        impl Gen {
+            fn next(&mut self) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0
+            }
+            fn key(&mut self) -> String {
+                ["a", "b", "ccc", "ключ", "k_with_a_long_name_to_shift_offsets"][(self.next() % 5) as usize].to_owned()
+                    + &(self.next() % 3).to_string()
+            }
+            fn value(&mut self, depth: u32) -> Value {
+                match self.next() % if depth == 0 { 6 } else { 9 } {
+                    0 => Value::Null,
+                    1 => json!(self.next() % 1000),
+                    2 => serde_json::from_str("-12345678901234567890.125").unwrap(),
+                    3 => json!("text ✓ ".repeat((self.next() % 4) as usize)),
+                    4 => json!(self.next().is_multiple_of(2)),
+                    5 => json!(1.5),
+                    6 => json!([self.value(depth - 1), null]),
+                    _ => self.object(depth - 1, 6),
+                }
+            }
+            fn object(&mut self, depth: u32, most: u64) -> Value {
+                let n = self.next() % most;
+                Value::Object((0..n).map(|_| (self.key(), self.value(depth))).collect::<Map<String, Value>>())
+            }
+            /// 20 to 40 members: past 16, a container stores offsets every 32 entries
+            fn wide(&mut self) -> Value {
+                let n = 20 + self.next() % 21;
+                Value::Object((0..n).map(|i| (format!("m{}", (i * 7 + self.next() % 5) % 45), self.value(1))).collect::<Map<String, Value>>())
+            }
+        }
+        let mut g = Gen(0x51_7CC1_B727_220A);
+        for s in 0..150 {
+            let id = format!("r{s}");
+            let n = 1 + g.next() % 12;
+            for _ in 0..n {
+                let payload = if g.next().is_multiple_of(4) { g.wide() } else { g.object(2, 8) };
+                Spi::run_with_args(
+                    "SELECT eventstore.append_event('replay_check', $1, 'Changed', $2)",
+                    &[id.as_str().into(), pgrx::JsonB(payload).into()],
+                )
+                .unwrap();
+            }
+            let stored: Vec<Value> = Spi::connect(|c| {
+                c.select(
+                    "SELECT payload FROM eventstore.events WHERE aggregate_type = 'replay_check' AND aggregate_id = $1
+                     ORDER BY aggregate_version",
+                    None,
+                    &[id.as_str().into()],
+                )
+                .unwrap()
+                .map(|r| r.get::<pgrx::JsonB>(1).unwrap().unwrap().0)
+                .collect()
+            });
+            let mut forward = json!({});
+            for payload in &stored {
+                crate::json::merge_patch(&mut forward, payload);
+            }
+            let replayed = Spi::get_one_with_args::<pgrx::JsonB>(
+                "SELECT (eventstore.get_aggregate_state('replay_check', $1)).state",
+                &[id.as_str().into()],
+            )
+            .unwrap()
+            .map(|j| j.0)
+            .unwrap_or(Value::Null);
+            assert_eq!(replayed, forward, "stream {id}: {stored:?}");
+        }
+    }
 }

@@ -20,7 +20,8 @@ use super::definition_cache::{self, Aggregate, Reducer, Upcasters};
 use super::plans::{Statement, open_cursor, run, run_dynamic};
 use super::{RawRows, Stream};
 use crate::error::{Error, Kind, Result};
-use crate::json::default_reduce;
+use crate::json::{Underlay, default_reduce};
+use crate::jsonb::InPlace;
 
 /// Which version of a stream to compute.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +73,17 @@ static REPLAY: Statement = Statement {
           WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
             AND e.aggregate_version > $4 AND e.aggregate_version <= $5
           ORDER BY e.aggregate_version",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
+    volatile: false,
+};
+
+/// The same newest first, with only what the default reducer needs.
+static REPLAY_NEWEST_FIRST: Statement = Statement {
+    sql: "SELECT e.aggregate_version, e.recorded_at, e.payload
+          FROM eventstore.events e
+          WHERE e.tenant_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3
+            AND e.aggregate_version > $4 AND e.aggregate_version <= $5
+          ORDER BY e.aggregate_version DESC",
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID],
     volatile: false,
 };
@@ -176,7 +188,7 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
 
     let [t, a, i] = stream.key();
     let snapshot = run(client, &SNAPSHOT, &[t, a, i, version.into(), hidden_through.into(), aggregate.hash.as_str().into()])?;
-    let (mut state, snapshot_version) = if snapshot.is_empty() {
+    let (state, snapshot_version) = if snapshot.is_empty() {
         (Some(aggregate.initial_state.clone()), None)
     } else {
         let row = snapshot.first();
@@ -185,9 +197,41 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
     };
     let from = snapshot_version.unwrap_or(hidden_through);
 
+    let upcasting = definition_cache::tenant_upcasts(&stream.tenant)?;
+    let (state, updated_at) = if aggregate.reducers.is_empty() && !upcasting {
+        replay_by_default(client, stream, state, from, version)?
+    } else {
+        replay(client, stream, aggregate, upcasting, state, from, version)?
+    };
+    if let Some(state) = &state {
+        // rules and handlers can grow a state past the limit: an error, before anything
+        // serialises it
+        crate::jsonb::check_value(&format!("the state of {stream}"), state)?;
+    }
+    let updated_at = match updated_at {
+        Some(at) => Some(at),
+        // served from a snapshot exactly at the target: the event there says when
+        None => {
+            let [t, a, i] = stream.key();
+            run(client, &RECORDED_AT, &[t, a, i, version.into()])?.first().get_one()?
+        }
+    };
+    Ok(State { version, state, updated_at, snapshot_version })
+}
+
+/// Replays events `from` (exclusive) to `to` onto `state` through their reducers, oldest first.
+/// Gives the state and when its last event was recorded.
+fn replay(
+    client: &SpiClient<'_>,
+    stream: &Stream,
+    aggregate: &Aggregate,
+    upcasting: bool,
+    mut state: Option<Value>,
+    from: i64,
+    version: i64,
+) -> Result<(Option<Value>, Option<TimestampWithTimeZone>)> {
     let with_rows = aggregate.reducers.values().any(|r| matches!(r, Reducer::Handler(..)));
     let [t, a, i] = stream.key();
-    let upcasting = definition_cache::tenant_upcasts(&stream.tenant)?;
     let mut chains: HashMap<String, Rc<Upcasters>> = HashMap::new();
     let mut updated_at = None;
     // in batches, each given back when done: a long stream is never all in memory at once
@@ -241,17 +285,63 @@ fn compute_with(client: &SpiClient<'_>, stream: &Stream, aggregate: &Aggregate, 
         // SAFETY: the batch is gone and nothing kept a row of it (states and payloads are copies)
         unsafe { rows.free() };
     }
-    if let Some(state) = &state {
-        // rules and handlers can grow a state past the limit: an error, before anything
-        // serialises it
-        crate::jsonb::check_value(&format!("the state of {stream}"), state)?;
+    Ok((state, updated_at))
+}
+
+/// The same when every event goes through the default reducer (no reducer defined, no
+/// upcaster): newest first, converting only the values that end up in the state
+/// (src/json/underlay.rs), and stopping at a payload that replaced the state whole. A deleted
+/// state (`None`) stays deleted whatever follows, so then nothing is read.
+fn replay_by_default(
+    client: &SpiClient<'_>,
+    stream: &Stream,
+    state: Option<Value>,
+    from: i64,
+    to: i64,
+) -> Result<(Option<Value>, Option<TimestampWithTimeZone>)> {
+    let Some(state) = state else { return Ok((None, None)) };
+    let mut underlay = Underlay::new();
+    let mut updated_at = None;
+    let [t, a, i] = stream.key();
+    let mut events = open_cursor(client, &REPLAY_NEWEST_FIRST, &[t, a, i, from.into(), to.into()])?;
+    while !underlay.settled() {
+        let batch = events.fetch(REPLAY_BATCH)?;
+        // SAFETY: nothing ran since the fetch
+        let rows = unsafe { RawRows::of(&batch) };
+        if rows.len() == 0 {
+            break;
+        }
+        if updated_at.is_none() {
+            updated_at = rows.get::<TimestampWithTimeZone>(0, 2);
+        }
+        let mut deep = None;
+        for n in 0..rows.len() {
+            let put = match rows.datum(n, 3) {
+                // SAFETY: the row stays in the batch while the payload is read; the underlay
+                // keeps only converted values
+                Some(payload) => unsafe { InPlace::with_payload(payload, |p| underlay.put_older(p)) }.is_ok(),
+                None => underlay.put_older(&Value::Null).is_ok(),
+            };
+            if !put {
+                deep = Some(n);
+                break;
+            }
+            if underlay.settled() {
+                break;
+            }
+        }
+        if let Some(n) = deep {
+            // converted whole, the payload names the place that is too deep
+            let version: i64 = rows.get(n, 1).unwrap_or(0);
+            let what = || format!("the payload of event {version} of {stream}");
+            let error = rows.datum(n, 3).and_then(|d| crate::jsonb::to_value_named(what, d).err());
+            return Err(error.unwrap_or_else(|| internal("a payload too deep to read and yet readable")));
+        }
+        drop(batch);
+        // SAFETY: the batch is gone and nothing kept a row of it (the underlay holds copies)
+        unsafe { rows.free() };
     }
-    if updated_at.is_none() {
-        // served from a snapshot exactly at the target: the event there says when
-        let [t, a, i] = stream.key();
-        updated_at = run(client, &RECORDED_AT, &[t, a, i, version.into()])?.first().get_one()?;
-    }
-    Ok(State { version, state, updated_at, snapshot_version })
+    Ok((Some(underlay.apply(state)), updated_at))
 }
 
 fn call_handler(
