@@ -576,3 +576,16 @@ REVOKE EXECUTE ON FUNCTION eventstore._webhook_endpoints_deleted() FROM PUBLIC;
 CREATE TRIGGER webhook_endpoints_cascade AFTER DELETE ON eventstore.webhook_endpoints
     REFERENCING OLD TABLE AS deleted_endpoints
     FOR EACH STATEMENT EXECUTE FUNCTION eventstore._webhook_endpoints_deleted();
+
+-- The delivery status is checked by a domain instead of a CHECK on the table: PostgreSQL parses
+-- a table's CHECK expressions again for every statement that inserts, and every append that
+-- queues a delivery is one; a domain's check is kept in the type cache. The column's type
+-- changes (the table is rewritten once); its default is set again so that it reads as in a
+-- fresh install.
+CREATE DOMAIN eventstore.webhook_delivery_status AS text
+    CONSTRAINT webhook_delivery_status_check CHECK (VALUE IN ('pending', 'delivering', 'succeeded', 'dead'));
+ALTER TABLE eventstore.webhook_deliveries
+    DROP CONSTRAINT webhook_deliveries_status_check,
+    ALTER COLUMN status DROP DEFAULT,
+    ALTER COLUMN status TYPE eventstore.webhook_delivery_status,
+    ALTER COLUMN status SET DEFAULT 'pending';

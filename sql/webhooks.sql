@@ -22,6 +22,12 @@ CREATE TABLE eventstore.webhook_endpoints (
 );
 CREATE INDEX webhook_endpoints_tenant_idx ON eventstore.webhook_endpoints (tenant_id);
 
+-- A domain, not a CHECK on the table: PostgreSQL parses a table's CHECK expressions again for
+-- every statement that inserts, and every append that queues a delivery is one; a domain's
+-- check is kept in the type cache.
+CREATE DOMAIN eventstore.webhook_delivery_status AS text
+    CONSTRAINT webhook_delivery_status_check CHECK (VALUE IN ('pending', 'delivering', 'succeeded', 'dead'));
+
 CREATE TABLE eventstore.webhook_deliveries (
     delivery_id          uuid         PRIMARY KEY,
     tenant_id            text         NOT NULL,
@@ -37,8 +43,7 @@ CREATE TABLE eventstore.webhook_deliveries (
     message_id           text         NOT NULL,
     -- frozen at queue time
     body                 text         NOT NULL,
-    status               text         NOT NULL DEFAULT 'pending'
-                         CHECK (status IN ('pending', 'delivering', 'succeeded', 'dead')),
+    status               eventstore.webhook_delivery_status NOT NULL DEFAULT 'pending',
     attempts             int          NOT NULL DEFAULT 0,
     next_attempt_at      timestamptz  NOT NULL DEFAULT statement_timestamp(),
     lease_until          timestamptz,

@@ -74,6 +74,12 @@ impl RawJsonb {
     pub fn datum(self) -> pg_sys::Datum {
         self.0
     }
+
+    /// The value's text, as `jsonb_out` writes it.
+    pub fn text(self) -> String {
+        let out = unsafe { pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)]) };
+        out.map(|t| t.to_string_lossy().into_owned()).unwrap_or_default()
+    }
 }
 
 

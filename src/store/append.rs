@@ -81,7 +81,7 @@ macro_rules! insert_events {
 macro_rules! returning_appended {
     () => {
         "RETURNING ROW(e.event_id, e.aggregate_version, e.global_position, e.recorded_at)::eventstore.appended,
-                   e.aggregate_version"
+                   e.aggregate_version, e.global_position, e.recorded_at"
     };
 }
 
@@ -151,6 +151,7 @@ static STREAM_STATE: Statement = Statement {
 
 
 /// What is appended besides the validated events: one payload, or the caller's whole batch.
+#[derive(Clone, Copy)]
 pub enum Body {
     One { payload: RawJsonb, metadata: Option<RawJsonb> },
     Batch(RawJsonb),
@@ -160,10 +161,19 @@ fn pg_uuid(id: uuid::Uuid) -> PgUuid {
     PgUuid::from_bytes(*id.as_bytes())
 }
 
+/// Where an appended event was stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    pub version: i64,
+    pub position: i64,
+    /// microseconds since 2000-01-01 UTC
+    pub recorded_at: i64,
+}
+
 /// Checks the expected version and inserts `events` under the stream's row lock (src/append.rs
-/// runs what follows an append). Returns the rows appended (or found again) and the stream's
-/// new version (None for a re-send).
-pub fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<(Vec<Row>, Option<i64>)> {
+/// runs what follows an append). Returns the rows appended (or found again) and where each
+/// event was stored (None for a re-send, which stored nothing).
+pub fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option<i64>) -> Result<(Vec<Row>, Option<Vec<Placed>>)> {
     let context = caller_context();
     Spi::connect(|client| {
         if events.iter().any(|e| e.id_supplied) {
@@ -216,16 +226,22 @@ pub fn insert(stream: &Stream, events: &[NewEvent], body: Body, expected: Option
         };
         let mut table = table;
         let mut rows = Vec::with_capacity(events.len());
-        let mut last = 0;
+        let mut placed = Vec::with_capacity(events.len());
         while table.next().is_some() {
             let row = table.get_datum_by_ordinal(1)?.ok_or_else(|| Error::new(Kind::Internal, "eventstore internal error: a null row"))?;
             rows.push(copy_composite(context, row));
-            last = last.max(table.get::<i64>(2)?.unwrap_or(0));
+            placed.push(Placed {
+                version: table.get::<i64>(2)?.unwrap_or(0),
+                position: table.get::<i64>(3)?.unwrap_or(0),
+                recorded_at: table.get_datum_by_ordinal(4)?.map_or(0, |d| d.value() as i64),
+            });
         }
         if rows.is_empty() {
             return Err(refused(client, stream, expected));
         }
-        Ok((rows, Some(last)))
+        // a batch comes back in the order it was inserted, but nothing promises that
+        placed.sort_by_key(|p| p.version);
+        Ok((rows, Some(placed)))
     })
 }
 

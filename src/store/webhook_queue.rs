@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 
 use super::Stream;
+use super::append::{Body, Placed};
 use super::plans::{Statement, run, run_generic};
 use crate::input::NewEvent;
 use crate::cache::Memo;
@@ -134,27 +135,27 @@ static QUEUE_APPENDED: Statement = Statement {
     volatile: true,
 };
 
-/// The same for one event and one endpoint (the common case): both found by their unique
-/// index, no function scan and no join to plan around.
+/// The same for one event and one endpoint (the common case), with the body written in Rust
+/// from what the append has in hand (src/webhooks/body.rs): no join, the endpoint found by its
+/// key and checked as above (`$5` event type, `$8` tenant, `$9` aggregate type).
 static QUEUE_APPENDED_ONE: Statement = Statement {
-    sql: concat!(
-        "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
-             transaction_id, global_position, message_id, body)
-         SELECT $1, e.tenant_id, w.endpoint_id, e.event_id, e.event_type, e.transaction_id,
-             e.global_position, $2, ", frozen_body!(), "
-         FROM eventstore.events e, eventstore.webhook_endpoints w
-         WHERE e.event_id = $3 AND w.endpoint_id = $4 AND ", endpoint_wants!()
-    ),
-    args: &[UUIDOID, TEXTOID, UUIDOID, UUIDOID],
+    sql: "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
+              transaction_id, global_position, message_id, body)
+          SELECT $1, w.tenant_id, w.endpoint_id, $3, $5, pg_current_xact_id(), $6, $2, $7
+          FROM eventstore.webhook_endpoints w
+          WHERE w.endpoint_id = $4 AND w.tenant_id = $8 AND w.enabled
+            AND (w.event_types IS NULL OR $5 = ANY (w.event_types))
+            AND (w.aggregate_types IS NULL OR $9 = ANY (w.aggregate_types))",
+    args: &[UUIDOID, TEXTOID, UUIDOID, UUIDOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID],
     volatile: true,
 };
 
-/// Queues the events just appended to `stream` for the tenant's matching enabled endpoints, in
-/// the appending transaction (a rolled-back append queues nothing). The tenant's endpoints are
-/// cached: while none of them wants these events, this runs no statement at all; otherwise one
-/// kept statement, with delivery ids made here (UUIDv7: the queue's primary key grows at its
-/// right edge), `msg_` and their hex digits as message ids.
-pub fn queue_appended(stream: &Stream, events: &[NewEvent]) -> Result<()> {
+/// Queues the events just appended to `stream` (stored at `placed`) for the tenant's matching
+/// enabled endpoints, in the appending transaction (a rolled-back append queues nothing). The
+/// tenant's endpoints are cached: while none of them wants these events, this runs no
+/// statement at all; otherwise one kept statement, with delivery ids made here (UUIDv7: the
+/// queue's primary key grows at its right edge), `msg_` and their hex digits as message ids.
+pub fn queue_appended(stream: &Stream, events: &[NewEvent], placed: &[Placed], body: Body) -> Result<()> {
     let filters = filters(&stream.tenant)?;
     if filters.is_empty() {
         return Ok(());
@@ -169,10 +170,34 @@ pub fn queue_appended(stream: &Stream, events: &[NewEvent]) -> Result<()> {
             endpoint_ids.push(f.endpoint_id);
         }
     }
-    Spi::connect(|client| match deliveries.len() {
-        0 => Ok(()),
-        1 => run_generic(client, &QUEUE_APPENDED_ONE, &[deliveries[0].into(), messages[0].as_str().into(), event_ids[0].into(), endpoint_ids[0].into()])
-            .map(drop),
+    Spi::connect(|client| match (deliveries.len(), body, placed) {
+        (0, ..) => Ok(()),
+        (1, Body::One { payload, metadata }, [at]) => {
+            let event = &events[0];
+            let text = crate::webhooks::body::body(&crate::webhooks::body::Event {
+                event_type: &event.event_type,
+                recorded_at: at.recorded_at,
+                event_id: event.event_id,
+                aggregate_type: &stream.aggregate_type,
+                aggregate_id: &stream.aggregate_id,
+                aggregate_version: at.version,
+                global_position: at.position,
+                payload: &payload.text(),
+                metadata: &metadata.map_or_else(|| "{}".to_owned(), |m| m.text()),
+            });
+            run_generic(client, &QUEUE_APPENDED_ONE, &[
+                deliveries[0].into(),
+                messages[0].as_str().into(),
+                event_ids[0].into(),
+                endpoint_ids[0].into(),
+                event.event_type.as_str().into(),
+                at.position.into(),
+                text.as_str().into(),
+                stream.tenant.as_str().into(),
+                stream.aggregate_type.as_str().into(),
+            ])
+            .map(drop)
+        }
         _ => run_generic(client, &QUEUE_APPENDED, &[deliveries.into(), messages.into(), event_ids.into(), endpoint_ids.into()]).map(drop),
     })
 }

@@ -372,6 +372,33 @@ def test_delivery_headers_body_and_signature(connect, tenant, receiver):
     assert [r.json["type"] for r in got] == ["OrderPlaced", "InvoiceIssued", "InvoicePaid"]
 
 
+def test_the_body_of_one_appended_event_is_the_text_sql_queueing_writes(connect, tenant, receiver):
+    """One event appended alone gets its body written in Rust (src/webhooks/body.rs); a stored
+    event queued with queue_event_for_webhooks gets it from jsonb_build_object in SQL. Both
+    must be the same text, byte for byte, also for names that need escaping."""
+    conn = connect(tenant=tenant)
+    first_id, _ = create_endpoint(conn, receiver.url("/first"))
+    ids = ['plain', 'quote " backslash \\ slash /', 'nl \n tab \t cr \r bs \b ff \f bell \x07 \x01 \x1f del \x7f',
+           'é € ✓ 𝄞', '{"looks": "like json"}']
+    for i, aggregate_id in enumerate(ids):
+        append(conn, "order", aggregate_id, "Placed",
+               {"n": i, "nested": {"a": [1, 2.50, None, True], "s": "x\ny"}, "big": 10 ** 30},
+               metadata={"correlation_id": str(uuid.uuid4()), "note": "é \x01"} if i % 2 else {})
+    conn.execute("SELECT message_store.write_message(gen_random_uuid()::text, 'order-mdb', 'Placed', '{\"m\": 1}', '{\"traceId\": \"t\"}')")
+    second_id, _ = create_endpoint(conn, receiver.url("/second"))
+    stored = conn.execute("SELECT event_id FROM eventstore.events WHERE tenant_id = %s ORDER BY global_position",
+                          (tenant,)).fetchall()
+    assert len(stored) == len(ids) + 1
+    for row in stored:
+        assert conn.execute("SELECT eventstore.queue_event_for_webhooks(%s) AS n", (row["event_id"],)).fetchone()["n"] == 1
+        rust = delivery_of(conn, first_id, row["event_id"])["body"]
+        sql = delivery_of(conn, second_id, row["event_id"])["body"]
+        assert rust == sql
+        check_body(conn, json.loads(rust), row["event_id"])
+    assert [json.loads(delivery_of(conn, first_id, r["event_id"])["body"])["data"]["aggregate_id"]
+            for r in stored[:len(ids)]] == ids
+
+
 def test_filters_by_event_type_and_aggregate_type(connect, tenant, receiver):
     conn = connect(tenant=tenant)
     all_id, s_all = create_endpoint(conn, receiver.url("/all"))
