@@ -385,10 +385,18 @@ def test_the_body_of_one_appended_event_is_the_text_sql_queueing_writes(connect,
                {"n": i, "nested": {"a": [1, 2.50, None, True], "s": "x\ny"}, "big": 10 ** 30},
                metadata={"correlation_id": str(uuid.uuid4()), "note": "é \x01"} if i % 2 else {})
     conn.execute("SELECT message_store.write_message(gen_random_uuid()::text, 'order-mdb', 'Placed', '{\"m\": 1}', '{\"traceId\": \"t\"}')")
+    # and random names and payloads of the same kinds of characters (seeded)
+    rng = random.Random(20261201)
+    pool = ['a', 'Z', '0', ' ', '"', '\\', '/', '\n', '\t', '\x01', '\x1f', '\x7f', 'é', '€', '✓', '𝄞', '{', '}', ':', ',']
+    word = lambda: "".join(rng.choice(pool) for _ in range(rng.randrange(1, 12))).strip() or "x"
+    random_events = 25
+    for _ in range(random_events):
+        append(conn, word(), word(), word(), {word(): word(), "n": rng.random(), word(): {word(): [word(), None]}},
+               metadata={word(): word()} if rng.random() < 0.5 else {})
     second_id, _ = create_endpoint(conn, receiver.url("/second"))
     stored = conn.execute("SELECT event_id FROM eventstore.events WHERE tenant_id = %s ORDER BY global_position",
                           (tenant,)).fetchall()
-    assert len(stored) == len(ids) + 1
+    assert len(stored) == len(ids) + 1 + random_events
     for row in stored:
         assert conn.execute("SELECT eventstore.queue_event_for_webhooks(%s) AS n", (row["event_id"],)).fetchone()["n"] == 1
         rust = delivery_of(conn, first_id, row["event_id"])["body"]
