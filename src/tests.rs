@@ -123,47 +123,39 @@ mod tests {
     /// arrays, numerics, booleans and non-ASCII keys (appends take only object payloads).
     #[pg_test]
     fn a_replay_newest_first_gives_what_the_forward_fold_gives() {
+        use crate::json::random::Gen;
         use serde_json::{Map, Value, json};
-        struct Gen(u64);
-        impl Gen {
-            fn next(&mut self) -> u64 {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                self.0
+        fn key(g: &mut Gen) -> String {
+            ["a", "b", "ccc", "ключ", "k_with_a_long_name_to_shift_offsets"][(g.next() % 5) as usize].to_owned()
+                + &(g.next() % 3).to_string()
+        }
+        fn value(g: &mut Gen, depth: u32) -> Value {
+            match g.next() % if depth == 0 { 6 } else { 9 } {
+                0 => Value::Null,
+                1 => json!(g.next() % 1000),
+                2 => serde_json::from_str("-12345678901234567890.125").unwrap(),
+                3 => json!("text ✓ ".repeat((g.next() % 4) as usize)),
+                4 => json!(g.next().is_multiple_of(2)),
+                5 => json!(1.5),
+                6 => json!([value(g, depth - 1), null]),
+                _ => object(g, depth - 1, 6),
             }
-            fn key(&mut self) -> String {
-                ["a", "b", "ccc", "ключ", "k_with_a_long_name_to_shift_offsets"][(self.next() % 5) as usize].to_owned()
-                    + &(self.next() % 3).to_string()
-            }
-            fn value(&mut self, depth: u32) -> Value {
-                match self.next() % if depth == 0 { 6 } else { 9 } {
-                    0 => Value::Null,
-                    1 => json!(self.next() % 1000),
-                    2 => serde_json::from_str("-12345678901234567890.125").unwrap(),
-                    3 => json!("text ✓ ".repeat((self.next() % 4) as usize)),
-                    4 => json!(self.next().is_multiple_of(2)),
-                    5 => json!(1.5),
-                    6 => json!([self.value(depth - 1), null]),
-                    _ => self.object(depth - 1, 6),
-                }
-            }
-            fn object(&mut self, depth: u32, most: u64) -> Value {
-                let n = self.next() % most;
-                Value::Object((0..n).map(|_| (self.key(), self.value(depth))).collect::<Map<String, Value>>())
-            }
-            /// 20 to 40 members: past 16, a container stores offsets every 32 entries
-            fn wide(&mut self) -> Value {
-                let n = 20 + self.next() % 21;
-                Value::Object((0..n).map(|i| (format!("m{}", (i * 7 + self.next() % 5) % 45), self.value(1))).collect::<Map<String, Value>>())
-            }
+        }
+        fn object(g: &mut Gen, depth: u32, most: u64) -> Value {
+            let n = g.next() % most;
+            Value::Object((0..n).map(|_| (key(g), value(g, depth))).collect::<Map<String, Value>>())
+        }
+        /// 20 to 40 members: past 16, a container stores offsets every 32 entries
+        fn wide(g: &mut Gen) -> Value {
+            let n = 20 + g.next() % 21;
+            Value::Object((0..n).map(|i| (format!("m{}", (i * 7 + g.next() % 5) % 45), value(g, 1))).collect::<Map<String, Value>>())
         }
         let mut g = Gen(0x51_7CC1_B727_220A);
         for s in 0..150 {
             let id = format!("r{s}");
             let n = 1 + g.next() % 12;
             for _ in 0..n {
-                let payload = if g.next().is_multiple_of(4) { g.wide() } else { g.object(2, 8) };
+                let payload = if g.next().is_multiple_of(4) { wide(&mut g) } else { object(&mut g, 2, 8) };
                 Spi::run_with_args(
                     "SELECT eventstore.append_event('replay_check', $1, 'Changed', $2)",
                     &[id.as_str().into(), pgrx::JsonB(payload).into()],

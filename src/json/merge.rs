@@ -148,41 +148,15 @@ mod tests {
         assert_eq!(merged(json!({"a": 1}), json!({})), json!({"a": 1}));
     }
 
-    /// A small deterministic generator of JSON values, for property checks without dependencies.
-    struct Gen(u64);
+    use crate::json::random::Gen;
 
-    impl Gen {
-        fn next(&mut self) -> u64 {
-            // xorshift64
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn value(&mut self, depth: u32) -> Value {
-            let keys = ["a", "b", "c", "d"];
-            match self.next() % if depth == 0 { 4 } else { 7 } {
-                0 => Value::Null,
-                1 => json!(self.next() % 3),
-                2 => json!(["x", "y"][(self.next() % 2) as usize]),
-                3 => json!(self.next().is_multiple_of(2)),
-                4 => json!([self.value(depth - 1)]),
-                _ => {
-                    let n = self.next() % 4;
-                    let map: Map<String, Value> =
-                        (0..n).map(|_| (keys[(self.next() % 4) as usize].to_owned(), self.value(depth - 1))).collect();
-                    Value::Object(map)
-                }
-            }
-        }
-    }
+    const KEYS: &[&str] = &["a", "b", "c", "d"];
 
     #[test]
     fn applying_a_patch_twice_equals_once() {
         let mut g = Gen(0x9E37_79B9_7F4A_7C15);
         for _ in 0..2000 {
-            let (target, patch) = (g.value(3), g.value(3));
+            let (target, patch) = (g.value(3, KEYS), g.value(3, KEYS));
             let once = merged(target, patch.clone());
             assert_eq!(merged(once.clone(), patch.clone()), once, "patch {patch}");
         }
@@ -196,7 +170,7 @@ mod tests {
     fn object_patches_delete_nulls_and_set_everything_else() {
         let mut g = Gen(0xDEAD_BEEF_CAFE_F00D);
         for _ in 0..2000 {
-            let (target, patch) = (g.value(3), g.value(3));
+            let (target, patch) = (g.value(3, KEYS), g.value(3, KEYS));
             let Value::Object(members) = &patch else { continue };
             let result = merged(target, patch.clone());
             let result = result.as_object().expect("an object patch gives an object");

@@ -12,6 +12,8 @@ mod error;
 pub mod limits;
 mod merge;
 pub mod path;
+#[cfg(any(test, feature = "pg_test"))]
+pub mod random;
 mod reducer;
 mod step;
 mod transform;

@@ -220,46 +220,21 @@ mod tests {
         }
     }
 
-    /// A small deterministic generator of JSON values (xorshift64), biased towards few keys so
-    /// that patches overlap.
-    struct Gen(u64);
+    use crate::json::random::Gen;
 
-    impl Gen {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
+    const KEYS: &[&str] = &["a", "b", "c"];
 
-        fn value(&mut self, depth: u32) -> Value {
-            match self.next() % if depth == 0 { 4 } else { 8 } {
-                0 => Value::Null,
-                1 => json!(self.next() % 3),
-                2 => json!(["x", "y"][(self.next() % 2) as usize]),
-                3 => json!(self.next().is_multiple_of(2)),
-                4 => json!([self.value(depth - 1)]),
-                _ => {
-                    let n = self.next() % 4;
-                    let map: Map<String, Value> =
-                        (0..n).map(|_| (["a", "b", "c"][(self.next() % 3) as usize].to_owned(), self.value(depth - 1))).collect();
-                    Value::Object(map)
-                }
-            }
-        }
-
-        /// Mostly objects, as payloads are.
-        fn patch(&mut self) -> Value {
-            if self.next().is_multiple_of(12) { self.value(0) } else { self.value(3) }
-        }
+    /// Mostly objects, as payloads are.
+    fn patch(g: &mut Gen) -> Value {
+        if g.next().is_multiple_of(12) { g.value(0, KEYS) } else { g.value(3, KEYS) }
     }
 
     #[test]
     fn backwards_gives_what_forwards_gives_on_random_streams() {
         let mut g = Gen(0x2545_F491_4F6C_DD1D);
         for _ in 0..20_000 {
-            let base = g.value(3);
-            let patches: Vec<Value> = (0..g.next() % 8).map(|_| g.patch()).collect();
+            let base = g.value(3, KEYS);
+            let patches: Vec<Value> = (0..g.next() % 8).map(|_| patch(&mut g)).collect();
             assert_eq!(backward(&base, &patches), forward(&base, &patches), "{base} with {patches:?}");
         }
     }
