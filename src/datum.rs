@@ -9,6 +9,18 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 };
 use pgrx::{FromDatum, IntoDatum};
 
+/// How a Rust type that PostgreSQL sees as SQL type `$sql` is named in the generated SQL.
+macro_rules! sql_type {
+    ($name:ty, $sql:expr) => {
+        unsafe impl SqlTranslatable for $name {
+            const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!($name);
+            const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+            const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal($sql));
+            const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal($sql)));
+        }
+    };
+}
+
 /// A jsonb value as PostgreSQL holds it (possibly toasted), valid for the current call.
 #[derive(Debug, Clone, Copy)]
 pub struct RawJsonb(pg_sys::Datum);
@@ -105,12 +117,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
     }
 }
 
-unsafe impl SqlTranslatable for RawJsonb {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonb);
-    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
-}
+sql_type!(RawJsonb, "jsonb");
 
 /// A `regprocedure` argument: a function by its signature, resolved by PostgreSQL.
 #[derive(Debug, Clone, Copy)]
@@ -138,12 +145,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RegProcedure {
     }
 }
 
-unsafe impl SqlTranslatable for RegProcedure {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RegProcedure);
-    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("regprocedure"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal("regprocedure")));
-}
+sql_type!(RegProcedure, "regprocedure");
 
 /// A composite row returned as the datum it already is (see `store::Row`), typed in SQL by
 /// the composite type it belongs to.
@@ -158,12 +160,7 @@ macro_rules! composite_row {
             }
         }
 
-        unsafe impl SqlTranslatable for $name {
-            const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!($name);
-            const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-            const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal($sql));
-            const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal($sql)));
-        }
+        sql_type!($name, $sql);
     };
 }
 
@@ -185,13 +182,8 @@ macro_rules! composite_rows {
             }
         }
 
-        unsafe impl SqlTranslatable for $name {
-            const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!($name);
-            const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-            const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal($sql));
-            // the functions that return these declare `RETURNS SETOF` in their own SQL (`#[pg_extern(sql = ...)]`)
-            const RETURN_SQL: Result<ReturnsRef, ReturnsError> = Ok(ReturnsRef::One(SqlMappingRef::literal($sql)));
-        }
+        // the functions that return these declare `RETURNS SETOF` in their own SQL (`#[pg_extern(sql = ...)]`)
+        sql_type!($name, $sql);
     };
 }
 

@@ -26,12 +26,18 @@ macro_rules! frozen_body {
     };
 }
 
-/// Whether endpoint `w` is enabled and wants event `e`.
+/// Whether endpoint `w` is enabled and wants an event of this tenant, event type and aggregate
+/// type (the stored event `e`'s columns unless given).
 macro_rules! endpoint_wants {
     () => {
-        "w.tenant_id = e.tenant_id AND w.enabled
-         AND (w.event_types IS NULL OR e.event_type = ANY (w.event_types))
-         AND (w.aggregate_types IS NULL OR e.aggregate_type = ANY (w.aggregate_types))"
+        endpoint_wants!("e.tenant_id", "e.event_type", "e.aggregate_type")
+    };
+    ($tenant:literal, $event_type:literal, $aggregate_type:literal) => {
+        concat!(
+            "w.tenant_id = ", $tenant, " AND w.enabled
+             AND (w.event_types IS NULL OR ", $event_type, " = ANY (w.event_types))
+             AND (w.aggregate_types IS NULL OR ", $aggregate_type, " = ANY (w.aggregate_types))"
+        )
     };
 }
 
@@ -139,13 +145,14 @@ static QUEUE_APPENDED: Statement = Statement {
 /// from what the append has in hand (src/webhooks/body.rs): no join, the endpoint found by its
 /// key and checked as above (`$5` event type, `$8` tenant, `$9` aggregate type).
 static QUEUE_APPENDED_ONE: Statement = Statement {
-    sql: "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
+    sql: concat!(
+        "INSERT INTO eventstore.webhook_deliveries (delivery_id, tenant_id, endpoint_id, event_id, event_type,
               transaction_id, global_position, message_id, body)
           SELECT $1, w.tenant_id, w.endpoint_id, $3, $5, pg_current_xact_id(), $6, $2, $7
           FROM eventstore.webhook_endpoints w
-          WHERE w.endpoint_id = $4 AND w.tenant_id = $8 AND w.enabled
-            AND (w.event_types IS NULL OR $5 = ANY (w.event_types))
-            AND (w.aggregate_types IS NULL OR $9 = ANY (w.aggregate_types))",
+          WHERE w.endpoint_id = $4 AND ",
+        endpoint_wants!("$8", "$5", "$9")
+    ),
     args: &[UUIDOID, TEXTOID, UUIDOID, UUIDOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID],
     volatile: true,
 };
