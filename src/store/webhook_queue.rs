@@ -177,8 +177,10 @@ pub fn queue_appended(stream: &Stream, events: &[NewEvent], placed: &[Placed], b
             endpoint_ids.push(f.endpoint_id);
         }
     }
+    if deliveries.is_empty() {
+        return Ok(());
+    }
     Spi::connect(|client| match (deliveries.len(), body, placed) {
-        (0, ..) => Ok(()),
         (1, Body::One { payload, metadata }, [at]) => {
             let event = &events[0];
             let text = crate::webhooks::body::body(&crate::webhooks::body::Event {
